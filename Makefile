@@ -1,0 +1,30 @@
+# Every target depends on `install`, so on a fresh machine `make train` and `make test` set up
+# everything themselves. The install stamp is keyed on the content of pyproject.toml.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile 2>/dev/null | sha1sum | cut -c1-12)
+EXTRAS ?= eval,deepspeed,dev
+
+.PHONY: install test lint bench-loss
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	# torch first, pinned: the CPU wheel here, or a CUDA build of the same version installed beforehand.
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench-loss: install
+	$(PY) benchmarks/bench_loss.py

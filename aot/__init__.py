@@ -1,0 +1,1 @@
+"""AOT: distributional preference alignment via optimal transport."""
