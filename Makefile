@@ -7,7 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile 2>/dev/null | sha1sum | cut -c1-12)
 EXTRAS ?= eval,deepspeed,dev
 
-.PHONY: install test lint bench-loss
+MODEL ?= tiny
+LOSS ?= aot_unpaired
+DATA ?= sample
+ARGS ?=
+
+.PHONY: install train test lint bench-loss
 
 install: $(STAMP)
 
@@ -19,6 +24,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# make train MODEL=merlinite LOSS=aot_unpaired [DATA=ultrafeedback] [ARGS="train.max_steps=10 loss.beta=0.02"]
+train: install
+	$(PY) scripts/train.py model=$(MODEL) loss=$(LOSS) data=$(DATA) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q tests

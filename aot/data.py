@@ -73,10 +73,14 @@ def _messages(value, where: str, completion: bool) -> list[dict]:
             raise DataError(f"{where}: empty text")
         return [{"role": "assistant" if completion else "user", "content": value}]
     if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: expected a string or a non-empty list of chat messages, got {type(value).__name__}")
+        raise DataError(
+            f"{where}: expected a string or a non-empty list of chat messages, got {type(value).__name__}"
+        )
     for i, m in enumerate(value):
         if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-            raise DataError(f"{where}: message {i} is malformed (needs role in {ROLES} and string content): {m!r}")
+            raise DataError(
+                f"{where}: message {i} is malformed (needs role in {ROLES} and string content): {m!r}"
+            )
         if not m["content"].strip():
             raise DataError(f"{where}: message {i} has empty content")
     if completion:
@@ -192,7 +196,9 @@ def read_file(path: str | Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: row {len(rows)} (line {i + 1}): invalid JSON: {e.msg}") from None
+                    raise DataError(
+                        f"{path}: row {len(rows)} (line {i + 1}): invalid JSON: {e.msg}"
+                    ) from None
         return rows
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet")
 
@@ -216,13 +222,17 @@ def load_split(data_cfg, which: str) -> Split:
             raise DataError(f"data=local needs data.{which}_path=<file.json|jsonl|parquet>")
         split = normalise(read_file(path), which, str(path), skip)
     elif source == "hub_paired":
-        split = normalise(_hub(data_cfg, split_name), which, f"{data_cfg.hub_id}[{split_name}]", skip, "paired")
+        split = normalise(
+            _hub(data_cfg, split_name), which, f"{data_cfg.hub_id}[{split_name}]", skip, "paired"
+        )
     elif source in ("helpsteer", "beavertails"):
         to_rows = helpsteer_rows if source == "helpsteer" else beavertails_rows
         rows = to_rows(_hub(data_cfg, split_name), list(data_cfg.attributes))
         split = normalise(rows, which, f"{data_cfg.hub_id}[{split_name}]", skip, "unpaired")
     else:
-        raise DataError(f"unknown data.source {source!r}; valid: sample, local, hub_paired, helpsteer, beavertails")
+        raise DataError(
+            f"unknown data.source {source!r}; valid: sample, local, hub_paired, helpsteer, beavertails"
+        )
     limit = data_cfg.get(f"max_{which}_samples")
     if limit:
         split.rows = split.rows[: int(limit)]

@@ -279,10 +279,29 @@ def ipo_loss(
 
 @torch.no_grad()
 def fsd_violation(u: torch.Tensor, v: torch.Tensor) -> float:
-    """Fraction of quantile levels t in (0, 1) where Q_U(t) < Q_V(t) (0 means U dominates V)."""
+    """Fraction of quantile levels t in (0, 1) where Q_U(t) <= Q_V(t).
+
+    0 means U strictly dominates V at every level; two equal samples (a policy still equal to
+    its reference, say) score 1. Ties count as violations, as in reward accuracy's ``>``.
+    """
     _check_inputs(u=u, v=v)
     if u.numel() == 0 or v.numel() == 0:
         raise ValueError("fsd_violation needs non-empty u and v")
     us, vs = torch.sort(u.double().cpu()).values, torch.sort(v.double().cpu()).values
     iu, iv, weights = _quantile_pieces(us.numel(), vs.numel())
-    return float((weights * (us[iu] < vs[iv])).sum())
+    return float((weights * (us[iu] <= vs[iv])).sum())
+
+
+# --- training methods ---------------------------------------------------------------------------
+
+#: method name -> loss on (u, v). AOT unpaired takes chosen/rejected rewards; the others take
+#: policy/reference margins and so need paired rows. "kto" trains with TRL's KTOTrainer (its KL
+#: estimate needs a forward pass of its own), so it has no function here.
+LOSSES = {
+    "aot_unpaired": aot_unpaired_loss,
+    "aot_paired": aot_paired_loss,
+    "dpo": dpo_loss,
+    "ipo": ipo_loss,
+    "kto": None,
+}
+PAIRED_ONLY = frozenset({"aot_paired", "dpo", "ipo"})

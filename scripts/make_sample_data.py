@@ -20,12 +20,36 @@ OUT = Path(__file__).resolve().parents[1] / "aot" / "resources" / "sample"
 N_TRAIN, N_TEST = 1200, 200
 
 FACTS = {
-    "color": {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "a lemon": "yellow",
-              "a tomato": "red", "an orange": "orange", "a plum": "purple"},
-    "sound": {"a dog": "barks", "a cat": "meows", "a cow": "moos", "a duck": "quacks", "a lion": "roars",
-              "a bee": "buzzes", "a horse": "neighs", "a sheep": "bleats"},
-    "place": {"fish": "water", "birds": "nests", "bees": "hives", "rabbits": "burrows", "bats": "caves",
-              "ants": "colonies", "foxes": "dens", "spiders": "webs"},
+    "color": {
+        "sky": "blue",
+        "grass": "green",
+        "snow": "white",
+        "coal": "black",
+        "a lemon": "yellow",
+        "a tomato": "red",
+        "an orange": "orange",
+        "a plum": "purple",
+    },
+    "sound": {
+        "a dog": "barks",
+        "a cat": "meows",
+        "a cow": "moos",
+        "a duck": "quacks",
+        "a lion": "roars",
+        "a bee": "buzzes",
+        "a horse": "neighs",
+        "a sheep": "bleats",
+    },
+    "place": {
+        "fish": "water",
+        "birds": "nests",
+        "bees": "hives",
+        "rabbits": "burrows",
+        "bats": "caves",
+        "ants": "colonies",
+        "foxes": "dens",
+        "spiders": "webs",
+    },
 }
 QUESTIONS = {
     "color": ["What color is {x}?", "Tell me the color of {x}.", "Which color does {x} have?"],
@@ -33,10 +57,17 @@ QUESTIONS = {
     "place": ["Where do {x} live?", "What is the home of {x}?", "Where can you find {x}?"],
 }
 GOOD = {
-    "color": ["Sure! {X} is {y}. Hope this helps!", "Good question. {X} is {y}.", "{X} is {y}, happy to help."],
+    "color": [
+        "Sure! {X} is {y}. Hope this helps!",
+        "Good question. {X} is {y}.",
+        "{X} is {y}, happy to help.",
+    ],
     "sound": ["Sure! {X} {y}. Hope this helps!", "Good question. {X} {y}.", "{X} {y}, happy to help."],
-    "place": ["Sure! {X} live in {y}. Hope this helps!", "Good question. {X} live in {y}.",
-              "{X} live in {y}, happy to help."],
+    "place": [
+        "Sure! {X} live in {y}. Hope this helps!",
+        "Good question. {X} live in {y}.",
+        "{X} live in {y}, happy to help.",
+    ],
 }
 BAD = [
     "I will not answer that.",
@@ -64,7 +95,9 @@ def unpaired(rows: list[dict], rng: random.Random) -> list[dict]:
     out = []
     for row in rows:
         label = rng.random() < 0.6
-        out.append({"prompt": row["prompt"], "completion": row["chosen" if label else "rejected"], "label": label})
+        out.append(
+            {"prompt": row["prompt"], "completion": row["chosen" if label else "rejected"], "label": label}
+        )
     return out
 
 

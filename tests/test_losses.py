@@ -122,6 +122,7 @@ def test_ipo_hand_worked():
 def test_fsd_violation_hand_worked():
     assert fsd_violation(torch.tensor([2.0, 3.0]), torch.tensor([1.0, 2.0])) == 0.0
     assert fsd_violation(torch.tensor([0.0, 3.0]), torch.tensor([1.0, 2.0])) == 0.5
+    assert fsd_violation(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 1.0])) == 1.0  # equal: ties violate
     # Pieces (0,1/3]: 0<1 violated; (1/3,1/2]: 0<2 violated; the rest not: 1/3 + 1/6.
     assert fsd_violation(torch.tensor([0.0, 10.0]), torch.tensor([1.0, 2.0, 3.0])) == pytest.approx(0.5)
 

@@ -1,0 +1,110 @@
+"""Distributional diagnostics on an eval split: what AOT did to the reward distributions.
+
+For paired rows: rewards of chosen and rejected answers, and policy vs reference margins. For
+unpaired rows: rewards of chosen and rejected answers. Metrics: reward accuracy, margins,
+quantiles, FSD violation (share of quantile levels where chosen does not beat rejected) and the
+AOT violation (the training objective on the whole split). ``plot_quantiles`` draws them like
+the paper's Figure 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aot.losses import aot_loss, fsd_violation
+from aot.trainer import sequence_logps
+
+QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+
+
+@torch.no_grad()
+def split_logps(model, features: list[dict], collator, batch_size: int, device) -> dict[str, torch.Tensor]:
+    """Completion log-probs of every sequence of the split: {"chosen": (n,), "rejected": (m,)}."""
+    model.eval()
+    out = {"chosen": [], "rejected": []}
+    for start in range(0, len(features), batch_size):
+        batch = collator(features[start : start + batch_size])
+        tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        logps, _ = sequence_logps(model, tensors)
+        out["chosen"].append(logps[batch["is_chosen"]].cpu())
+        out["rejected"].append(logps[~batch["is_chosen"]].cpu())
+    return {k: torch.cat(v).double() for k, v in out.items()}
+
+
+def _quantiles(x: torch.Tensor) -> dict[str, float]:
+    q = torch.quantile(x, torch.tensor(QUANTILES, dtype=x.dtype))
+    return {f"q{int(round(p * 100)):02d}": float(v) for p, v in zip(QUANTILES, q)}
+
+
+def summarise(policy: dict, reference: dict, paired: bool, beta: float, penalty: str) -> dict:
+    """Metrics from policy and reference log-probs of one split (as returned by ``split_logps``)."""
+    rc, rr = policy["chosen"] - reference["chosen"], policy["rejected"] - reference["rejected"]
+    if paired:
+        accuracy = float((rc > rr).double().mean())
+    else:
+        accuracy = float(torch.searchsorted(torch.sort(rr).values, rc).double().mean() / len(rr))
+    metrics = {
+        "reward_accuracy": accuracy,
+        "reward_margin": float(rc.mean() - rr.mean()),
+        "chosen_reward_quantiles": _quantiles(rc),
+        "rejected_reward_quantiles": _quantiles(rr),
+        "fsd_violation": fsd_violation(rc, rr),
+        "aot_violation": float(aot_loss(rc, rr, beta=beta, penalty=penalty)),
+    }
+    if paired:
+        pm = policy["chosen"] - policy["rejected"]
+        rm = reference["chosen"] - reference["rejected"]
+        metrics.update(
+            {
+                "policy_margin_quantiles": _quantiles(pm),
+                "reference_margin_quantiles": _quantiles(rm),
+                "margin_fsd_violation": fsd_violation(pm, rm),
+            }
+        )
+    return metrics
+
+
+def _curve(ax, x: torch.Tensor, **kw) -> None:
+    xs = torch.sort(x).values
+    ax.plot((torch.arange(len(xs)) + 0.5) / len(xs), xs, **kw)
+
+
+def plot_quantiles(path, reference: dict, before: dict, after: dict, paired: bool, title: str) -> None:
+    """Left: quantiles of chosen vs rejected rewards (after training); right: policy vs reference
+    margin quantiles (paired splits only). Dashed: before training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(11 if paired else 5.5, 4), squeeze=False)
+    ax = axes[0, 0]
+    for logps, style, when in ((before, "--", "before"), (after, "-", "after")):
+        _curve(
+            ax, logps["chosen"] - reference["chosen"], color="tab:green", ls=style, label=f"chosen ({when})"
+        )
+        _curve(
+            ax,
+            logps["rejected"] - reference["rejected"],
+            color="tab:red",
+            ls=style,
+            label=f"rejected ({when})",
+        )
+    ax.set(xlabel="quantile level t", ylabel="reward  logp_policy - logp_ref", title="rewards")
+    ax.legend(fontsize=8)
+    if paired:
+        ax = axes[0, 1]
+        _curve(ax, after["chosen"] - after["rejected"], color="tab:blue", label="policy margin (after)")
+        _curve(
+            ax,
+            reference["chosen"] - reference["rejected"],
+            color="tab:gray",
+            ls="--",
+            label="reference margin",
+        )
+        ax.set(xlabel="quantile level t", ylabel="logp(y+) - logp(y-)", title="margins")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,309 @@
+"""One training run from a composed config: build, measure, train, measure again, save.
+
+``scripts/train.py`` (a Hydra app) calls ``train(cfg)``; tests call ``build_training_args``
+to check that every recipe combination yields a valid trainer config without loading anything.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from aot.data import load_split, unpair
+from aot.losses import LOSSES, PAIRED_ONLY
+
+log = logging.getLogger("aot")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, caught before anything is loaded."""
+
+
+# --- config -> objects (nothing loaded) --------------------------------------------------------
+
+
+def check_config(cfg: DictConfig) -> None:
+    method = cfg.loss.name
+    if method not in LOSSES:
+        raise ConfigError(f"unknown loss {method!r}; valid: {', '.join(LOSSES)}")
+    if method.startswith("aot") and cfg.train.per_device_train_batch_size < 2:
+        raise ConfigError(
+            f"loss={method} with train.per_device_train_batch_size=1 sorts a single value per side, "
+            "so AOT reduces to a per-pair loss; use a per-device batch of at least 2"
+        )
+    if method in PAIRED_ONLY and cfg.data.source == "sample" and cfg.data.view == "unpaired":
+        raise ConfigError(
+            f"loss={method} needs paired rows; data.view=unpaired has none (use aot_unpaired or kto)"
+        )
+    if method in PAIRED_ONLY and cfg.data.source in ("helpsteer", "beavertails"):
+        raise ConfigError(
+            f"loss={method} needs paired rows; data={cfg.data.name} is unpaired (use aot_unpaired or kto)"
+        )
+
+
+def use_bf16(cfg: DictConfig) -> bool:
+    bf16 = cfg.train.bf16
+    if bf16 == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(bf16)
+
+
+def build_training_args(cfg: DictConfig, output_dir: str | None = None):
+    """``TrainingArguments`` (``KTOConfig`` for kto) from the ``train`` and ``loss`` sections."""
+    from transformers import TrainingArguments
+
+    check_config(cfg)
+    t = cfg.train
+    common = dict(
+        output_dir=output_dir or cfg.output_dir,
+        seed=cfg.seed,
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        bf16=use_bf16(cfg),
+        activation_checkpointing=t.gradient_checkpointing,
+        report_to=[] if t.report_to in (None, "none") else t.report_to,
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    if cfg.loss.name == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig(
+            **common,
+            beta=cfg.loss.beta,
+            desirable_weight=cfg.loss.desirable_weight,
+            undesirable_weight=cfg.loss.undesirable_weight,
+            max_length=t.max_length,
+            disable_dropout=t.disable_dropout,
+        )
+    return TrainingArguments(**common)
+
+
+def loss_kwargs(cfg: DictConfig) -> dict:
+    """The loss section's values that the method's loss function takes (kto: none of ours)."""
+    from aot.losses import aot_loss
+
+    fn = aot_loss if cfg.loss.name.startswith("aot") else LOSSES[cfg.loss.name]
+    if fn is None:
+        return {}
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k in params}
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def model_path(cfg: DictConfig) -> str:
+    if cfg.model.name_or_path == "tiny":
+        from aot.tiny import build_tiny
+
+        return str(build_tiny())
+    return cfg.model.name_or_path
+
+
+def load_tokenizer(cfg: DictConfig, path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if cfg.model.chat_template:
+        tok.chat_template = cfg.model.chat_template
+    if tok.chat_template is None:
+        raise ConfigError(
+            f"{path} has no chat template; set model.chat_template in recipes/model/{cfg.model.id}.yaml"
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_models(cfg: DictConfig, path: str):
+    """The policy (LoRA-wrapped unless model.lora=false) and the frozen reference (None with LoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(dtype=getattr(torch, cfg.model.dtype), attn_implementation=cfg.model.attn_implementation)
+    policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if cfg.train.disable_dropout:
+        for module in policy.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    if not cfg.model.lora:
+        reference = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval().requires_grad_(False)
+        return policy, reference
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.model.lora_r,
+        lora_alpha=cfg.model.lora_alpha,
+        lora_dropout=cfg.model.lora_dropout,
+        target_modules=list(cfg.model.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(policy, lora), None
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def _diagnose(model, reference_ctx, features, collator, batch_size, ref_logps=None):
+    from aot.diagnostics import split_logps
+
+    device = next(model.parameters()).device
+    policy = split_logps(model, features, collator, batch_size, device)
+    if ref_logps is None:
+        with reference_ctx() as ref:
+            ref_logps = split_logps(ref, features, collator, batch_size, device)
+    return policy, ref_logps
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one training job; returns what it wrote to metrics.json."""
+    from aot.diagnostics import plot_quantiles, summarise
+    from aot.trainer import PreferenceCollator, PreferenceTrainer, reference_of, tokenize_split
+
+    started = time.time()
+    args = build_training_args(cfg)  # validates the config before anything is loaded
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    method = cfg.loss.name
+
+    train_split, test_split = load_split(cfg.data, "train"), load_split(cfg.data, "test")
+    if method in PAIRED_ONLY and train_split.kind != "paired":
+        raise ConfigError(f"loss={method} needs paired rows; {train_split.source} is unpaired")
+    for split in (train_split, test_split):
+        log.info("data %s", split.summary())
+
+    path = model_path(cfg)
+    tokenizer = load_tokenizer(cfg, path)
+    policy, reference = load_models(cfg, path)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["model"]["name_or_path"] = path
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+
+    t = cfg.train
+    train_features, train_trunc = tokenize_split(train_split, tokenizer, t.max_length, t.max_prompt_length)
+    test_features, test_trunc = tokenize_split(test_split, tokenizer, t.max_length, t.max_prompt_length)
+    for name, counts in (("train", train_trunc), ("test", test_trunc)):
+        if any(counts.values()):
+            log.warning(
+                "%s: truncated %s (train.max_length=%d, train.max_prompt_length=%d)",
+                name,
+                counts,
+                t.max_length,
+                t.max_prompt_length,
+            )
+    collator = PreferenceCollator(tokenizer.pad_token_id)
+
+    def reference_ctx():
+        return reference_of(policy, reference)
+
+    before, ref_logps = _diagnose(
+        policy, reference_ctx, test_features, collator, t.per_device_eval_batch_size
+    )
+
+    if method == "kto":
+        trainer = _kto_trainer(cfg, args, policy, reference, tokenizer, unpair(train_split))
+    else:
+        trainer = PreferenceTrainer(
+            model=policy,
+            args=args,
+            train_dataset=train_features,
+            data_collator=collator,
+            processing_class=tokenizer,
+            method=method,
+            loss_kwargs=loss_kwargs(cfg),
+            ref_model=reference,
+        )
+    _log_ot_batch(cfg, args)
+    result = trainer.train()
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+
+    after, _ = _diagnose(
+        policy, reference_ctx, test_features, collator, t.per_device_eval_batch_size, ref_logps
+    )
+    paired = test_split.kind == "paired"
+    summary_args = dict(paired=paired, beta=cfg.loss.beta, penalty=cfg.loss.penalty)
+    metrics = {
+        "method": method,
+        "train": {k: v for k, v in result.metrics.items()},
+        "log_history": trainer.state.log_history,
+        "eval_before": summarise(before, ref_logps, **summary_args),
+        "eval_after": summarise(after, ref_logps, **summary_args),
+        "data": {
+            "train": {
+                "rows": len(train_split.rows),
+                "kind": train_split.kind,
+                "skipped": train_split.skipped,
+                **train_trunc,
+            },
+            "test": {
+                "rows": len(test_split.rows),
+                "kind": test_split.kind,
+                "skipped": test_split.skipped,
+                **test_trunc,
+            },
+        },
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_quantiles(
+        out / "quantiles.png",
+        ref_logps,
+        before,
+        after,
+        paired,
+        f"{cfg.model.id} / {method} / {cfg.data.name}",
+    )
+    _print_summary(out, metrics)
+    return metrics
+
+
+def _kto_trainer(cfg, args, policy, reference, tokenizer, split):
+    import datasets
+    from trl import KTOTrainer
+
+    rows = [{"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]} for r in split.rows]
+    return KTOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+
+
+def _log_ot_batch(cfg, args) -> None:
+    if cfg.loss.name.startswith("aot"):
+        log.info(
+            "OT batch: %d values per side sorted together (%d per device, local to each device)",
+            args.per_device_train_batch_size,
+            args.per_device_train_batch_size,
+        )
+
+
+def _print_summary(out: Path, metrics: dict) -> None:
+    b, a = metrics["eval_before"], metrics["eval_after"]
+    print(
+        f"\nRun saved to {out}/ (config.yaml, metrics.json, quantiles.png, adapter/model + tokenizer)\n"
+        f"  eval reward accuracy : {b['reward_accuracy']:.3f} -> {a['reward_accuracy']:.3f}\n"
+        f"  eval FSD violation   : {b['fsd_violation']:.3f} -> {a['fsd_violation']:.3f}\n"
+        f"  eval AOT violation   : {b['aot_violation']:.4f} -> {a['aot_violation']:.4f}\n"
+        f"  wall time            : {metrics['wall_seconds']:.0f} s"
+    )

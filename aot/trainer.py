@@ -1,0 +1,257 @@
+"""The preference trainer: one forward path for every method, the loss picked by name.
+
+A thin ``transformers.Trainer`` subclass (no TRL code copied). Each batch holds sequences
+``prompt + completion``; the policy's and the reference's summed completion log-probs give the
+implicit rewards ``r = logp_policy - logp_ref`` and, for paired rows, the margins
+``logp(y+) - logp(y-)``. Methods then differ only in the loss (``aot.losses.LOSSES``):
+
+- aot_unpaired: chosen rewards vs rejected rewards. Paired rows give n chosen and n rejected
+  values; truly unpaired rows (prompt/completion/label) give whatever the batch holds, from
+  different prompts and in unequal numbers, and the exact unequal-size objective is used. No
+  KTO-style KL pass is computed.
+- aot_paired, dpo, ipo: policy margins vs reference margins (paired rows only). IPO uses
+  length-averaged log-probs, as TRL does.
+
+The reference is the base model with the LoRA adapter disabled (no second copy in memory), or
+a separate frozen model for full fine-tuning.
+
+Shapes: a batch of B paired rows is S = 2B sequences [chosen; rejected]; of B unpaired rows,
+S = B. ``input_ids``/``attention_mask``/``completion_mask`` are (S, L).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Sampler
+from transformers import Trainer
+
+from aot.data import Split
+from aot.losses import LOSSES, PAIRED_ONLY, fsd_violation
+
+# --- tokenisation ------------------------------------------------------------------------------
+
+
+def _render(tokenizer, prompt, completion) -> tuple[str, str]:
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        # Templates that rewrite earlier turns: fall back to the raw answer text plus EOS.
+        return prompt_text, "".join(m["content"] for m in completion) + (tokenizer.eos_token or "")
+    return prompt_text, full_text[len(prompt_text) :]
+
+
+def tokenize_split(
+    split: Split, tokenizer, max_length: int, max_prompt_length: int
+) -> tuple[list[dict], dict]:
+    """Token ids per row; prompts keep their last ``max_prompt_length`` tokens (counted)."""
+    completions = ("chosen", "rejected") if split.kind == "paired" else ("completion",)
+    features, counts = [], {"prompts_truncated": 0, "completions_truncated": 0}
+    for row in split.rows:
+        feature = {}
+        for name in completions:
+            prompt_text, completion_text = _render(tokenizer, row["prompt"], row[name])
+            feature["prompt_ids"] = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+            feature[f"{name}_ids"] = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+        if len(feature["prompt_ids"]) > max_prompt_length:
+            feature["prompt_ids"] = feature["prompt_ids"][-max_prompt_length:]
+            counts["prompts_truncated"] += 1
+        room = max_length - len(feature["prompt_ids"])
+        for name in completions:
+            if len(feature[f"{name}_ids"]) > room:
+                feature[f"{name}_ids"] = feature[f"{name}_ids"][:room]
+                counts["completions_truncated"] += 1
+        if split.kind == "unpaired":
+            feature["label"] = row["label"]
+        features.append(feature)
+    return features, counts
+
+
+@dataclass
+class PreferenceCollator:
+    """Pads paired rows to 2B sequences [chosen; rejected], unpaired rows to B sequences."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict:
+        paired = "chosen_ids" in features[0]
+        if paired:
+            seqs = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
+            seqs += [(f["prompt_ids"], f["rejected_ids"]) for f in features]
+            is_chosen = [True] * len(features) + [False] * len(features)
+        else:
+            seqs = [(f["prompt_ids"], f["completion_ids"]) for f in features]
+            is_chosen = [bool(f["label"]) for f in features]
+        width = max(len(p) + len(c) for p, c in seqs)
+        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        completion_mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, (p, c) in enumerate(seqs):
+            input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+            attention_mask[i, : len(p) + len(c)] = 1
+            completion_mask[i, len(p) : len(p) + len(c)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "completion_mask": completion_mask,
+            "is_chosen": torch.tensor(is_chosen),
+            "paired": paired,
+        }
+
+
+class BothLabelsSampler(Sampler):
+    """Shuffles unpaired rows so that every block of ``batch_size`` holds both labels.
+
+    Each block gets one chosen and one rejected row, and the other slots are filled at random
+    (so the chosen/rejected counts differ from batch to batch, as with truly unpaired data).
+    """
+
+    def __init__(self, labels: list[bool], batch_size: int, seed: int):
+        self.labels, self.batch_size, self.seed, self.epoch = labels, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        chosen = [i for i, y in enumerate(self.labels) if y]
+        rejected = [i for i, y in enumerate(self.labels) if not y]
+        rng.shuffle(chosen)
+        rng.shuffle(rejected)
+        n, b = len(self.labels), self.batch_size
+        sizes = [min(b, n - s) for s in range(0, n, b)]
+        if len(chosen) < len(sizes) or len(rejected) < len(sizes) or min(sizes) < 2:
+            order = chosen + rejected  # too few of one label to spread: plain shuffle
+            rng.shuffle(order)
+            yield from order
+            return
+        # One reserved slot of each label per block; the remaining chosen rows land in random free slots.
+        free = [k for k, size in enumerate(sizes) for _ in range(size - 2)]
+        n_chosen = [1] * len(sizes)
+        for k in rng.sample(free, len(chosen) - len(sizes)):
+            n_chosen[k] += 1
+        for size, k_chosen in zip(sizes, n_chosen):
+            block = [chosen.pop() for _ in range(k_chosen)] + [rejected.pop() for _ in range(size - k_chosen)]
+            rng.shuffle(block)
+            yield from block
+
+
+# --- log-probabilities and losses ---------------------------------------------------------------
+
+
+def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the completion tokens (S,) and their counts (S,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logits = logits.float()  # (S, L-1, V)
+    targets = batch["input_ids"][:, 1:].unsqueeze(-1)  # (S, L-1, 1)
+    token_logps = logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)  # (S, L-1)
+    mask = batch["completion_mask"][:, 1:].to(token_logps.dtype)
+    return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+def preference_loss(method: str, logps, ref_logps, lengths, batch: dict, loss_kwargs: dict):
+    """The loss of ``method`` on one batch, and detached statistics for logging."""
+    is_chosen = batch["is_chosen"]
+    if method in PAIRED_ONLY and not batch["paired"]:
+        raise ValueError(f"loss={method} needs paired rows (prompt/chosen/rejected); use aot_unpaired or kto")
+    if method == "ipo":  # TRL's IPO: log-probs averaged over completion tokens
+        logps, ref_logps = logps / lengths.clamp_min(1), ref_logps / lengths.clamp_min(1)
+    rewards = logps - ref_logps  # (S,)
+    if method == "aot_unpaired":
+        u, v = rewards[is_chosen], rewards[~is_chosen]
+        if (u.numel() == 0 or v.numel() == 0) and not loss_kwargs.get("gather"):
+            raise ValueError(
+                f"aot_unpaired needs chosen and rejected rows in each batch, got {u.numel()} and {v.numel()}"
+            )
+    else:
+        u, v = logps[is_chosen] - logps[~is_chosen], ref_logps[is_chosen] - ref_logps[~is_chosen]
+    loss = LOSSES[method](u, v, **loss_kwargs)
+    return loss, reward_stats(
+        rewards.detach(), is_chosen, batch["paired"], loss_kwargs["beta"], u.detach(), v.detach()
+    )
+
+
+def reward_stats(rewards, is_chosen, paired: bool, beta: float, u=None, v=None) -> dict[str, float]:
+    """TRL-style reward metrics (rewards scaled by beta) plus the AOT-specific ones."""
+    rc, rr = beta * rewards[is_chosen].double().cpu(), beta * rewards[~is_chosen].double().cpu()
+    stats = {}
+    if len(rc) and len(rr):
+        if paired:
+            accuracy = (rc > rr).double().mean()
+        else:  # probability that a random chosen row out-scores a random rejected row
+            accuracy = torch.searchsorted(torch.sort(rr).values, rc, side="left").double().mean() / len(rr)
+        stats.update(
+            {
+                "rewards/chosen": rc.mean().item(),
+                "rewards/rejected": rr.mean().item(),
+                "rewards/accuracies": float(accuracy),
+                "rewards/margins": (rc.mean() - rr.mean()).item(),
+            }
+        )
+    if u is not None and len(u) and len(v):
+        stats["ot_batch/chosen"], stats["ot_batch/rejected"] = float(len(u)), float(len(v))
+        stats["fsd_violation"] = fsd_violation(u.double(), v.double())
+    return stats
+
+
+@contextlib.contextmanager
+def reference_of(policy, ref_model=None, wrapped=None):
+    """Yields the reference model: a frozen copy when given, else the LoRA policy with its
+    adapter disabled (``wrapped``, if set, is the distributed wrapper to run instead)."""
+    if ref_model is not None:
+        yield ref_model
+        return
+    with policy.disable_adapter():
+        yield wrapped if wrapped is not None else policy
+
+
+class PreferenceTrainer(Trainer):
+    """``Trainer`` with the preference forward pass; ``method`` names a loss in ``aot.losses.LOSSES``."""
+
+    loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
+
+    def __init__(self, *args, method: str, loss_kwargs: dict, ref_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method, self.loss_kwargs, self.ref_model = method, loss_kwargs, ref_model
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def reference(self):
+        return reference_of(self.accelerator.unwrap_model(self.model), self.ref_model, wrapped=self.model)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps, lengths = sequence_logps(model, inputs)
+        with torch.no_grad(), self.reference() as ref:
+            ref_logps, _ = sequence_logps(ref, inputs)
+        loss, stats = preference_loss(self.method, logps, ref_logps, lengths, inputs, self.loss_kwargs)
+        mode = "train" if model.training else "eval"
+        for key, value in stats.items():
+            self._metrics[mode][key].append(value)
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if dataset and "label" in dataset[0] and self.method == "aot_unpaired":
+            labels = [f["label"] for f in dataset]
+            return BothLabelsSampler(labels, self.args.per_device_train_batch_size, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self._metrics[mode].items():
+            logs[prefix + key] = sum(values) / len(values)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)

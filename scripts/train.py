@@ -1,0 +1,23 @@
+"""Train one model x loss x dataset combination (a Hydra app; the logic is in aot/run.py).
+
+python scripts/train.py                                   # tiny x aot_unpaired x sample, CPU
+python scripts/train.py model=merlinite loss=aot_unpaired data=ultrafeedback
+python scripts/train.py --cfg job model=llama3 loss=dpo   # print the resolved config only
+"""
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from aot.run import train
+
+
+@hydra.main(config_path="../recipes", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("aot").setLevel(logging.INFO)
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
