@@ -129,10 +129,10 @@ def _sorted(x: torch.Tensor, sort: str, strength: float | None) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _quantile_pieces(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _quantile_pieces(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Pieces of the merged quantile grid of an n-sample and an m-sample step function.
 
-    Returns (index into sorted u, index into sorted v, piece length); lengths sum to 1.
+    Returns (index into sorted u, index into sorted v, piece length in units of 1/L, L).
     Integer arithmetic on the scale L = lcm(n, m) keeps the breakpoints exact.
     """
     lcm = n * m // math.gcd(n, m)
@@ -140,8 +140,7 @@ def _quantile_pieces(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     # On the piece (prev, end] (in units of 1/L), Q_U is u_(ceil(end * n / L)) (1-based).
     iu = (ends - 1) // (lcm // n)
     iv = (ends - 1) // (lcm // m)
-    weights = torch.diff(ends, prepend=torch.zeros(1, dtype=ends.dtype)).double() / lcm
-    return iu, iv, weights
+    return iu, iv, torch.diff(ends, prepend=torch.zeros(1, dtype=ends.dtype)), lcm
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -221,8 +220,9 @@ def aot_loss(
     n, m = us.numel(), vs.numel()
     if n == m:
         return h(beta * (us - vs), label_smoothing).mean()
-    iu, iv, weights = (t.to(us.device) for t in _quantile_pieces(n, m))
-    return (weights.to(us.dtype) * h(beta * (us[iu] - vs[iv]), label_smoothing)).sum()
+    iu, iv, lengths, scale = _quantile_pieces(n, m)
+    iu, iv, lengths = iu.to(us.device), iv.to(us.device), lengths.to(us.device)
+    return (lengths * h(beta * (us[iu] - vs[iv]), label_smoothing)).sum() / scale
 
 
 def aot_unpaired_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, **kw) -> torch.Tensor:
@@ -288,8 +288,8 @@ def fsd_violation(u: torch.Tensor, v: torch.Tensor) -> float:
     if u.numel() == 0 or v.numel() == 0:
         raise ValueError("fsd_violation needs non-empty u and v")
     us, vs = torch.sort(u.double().cpu()).values, torch.sort(v.double().cpu()).values
-    iu, iv, weights = _quantile_pieces(us.numel(), vs.numel())
-    return float((weights * (us[iu] <= vs[iv])).sum())
+    iu, iv, lengths, scale = _quantile_pieces(us.numel(), vs.numel())
+    return int((lengths * (us[iu] <= vs[iv])).sum()) / scale  # exact: integer lengths
 
 
 # --- training methods ---------------------------------------------------------------------------

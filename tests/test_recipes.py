@@ -1,0 +1,124 @@
+"""Every recipe combination composes and builds its trainer config without loading anything;
+names and errors stay in step with the registry."""
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import RECIPES, REPO, compose
+
+from aot.losses import LOSSES, PAIRED_ONLY
+from aot.run import ConfigError, build_training_args, loss_kwargs
+
+
+def group(name):
+    return sorted(f[:-5] for f in os.listdir(os.path.join(RECIPES, name)) if f.endswith(".yaml"))
+
+
+MODELS, LOSS_NAMES, DATA = group("model"), group("loss"), group("data")
+
+
+def test_groups_match_the_registry_and_the_issue():
+    assert set(LOSS_NAMES) == set(LOSSES)
+    assert set(MODELS) == {"merlinite", "openhermes", "starling", "llama3", "mistral", "tiny"}
+    assert set(DATA) == {"ultrafeedback", "helpsteer", "pku", "sample", "local"}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_combination_builds_its_trainer_config(model, tmp_path):
+    for loss, data in itertools.product(LOSS_NAMES, DATA):
+        cfg = compose(f"model={model}", f"loss={loss}", f"data={data}")
+        assert cfg.model.id == model and cfg.loss.name == loss and cfg.data.name == data
+        assert cfg.output_dir == f"outputs/{model}-{loss}-{data}"
+        if loss in PAIRED_ONLY and data in ("helpsteer", "pku"):
+            with pytest.raises(ConfigError, match="needs paired rows"):
+                build_training_args(cfg, str(tmp_path))
+            continue
+        args = build_training_args(cfg, str(tmp_path))
+        assert args.per_device_train_batch_size == cfg.train.per_device_train_batch_size
+        assert args.learning_rate == cfg.train.learning_rate
+        if loss == "kto":
+            assert args.beta == cfg.loss.beta
+        else:
+            kw = loss_kwargs(cfg)
+            assert kw["beta"] == cfg.loss.beta and "name" not in kw
+
+
+def test_real_recipes_name_real_hub_ids():
+    ids = {m: compose(f"model={m}").model.name_or_path for m in MODELS}
+    assert ids["merlinite"] == "ibm/merlinite-7b"
+    assert ids["llama3"] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert compose("data=ultrafeedback").data.hub_id == "HuggingFaceH4/ultrafeedback_binarized"
+    assert compose("loss=aot_unpaired").loss.beta == 0.01  # the paper's beta
+
+
+def test_documented_overrides_compose():
+    cfg = compose(
+        "model=tiny",
+        "loss=aot_paired",
+        "data=local",
+        "output_dir=/tmp/x",
+        "seed=3",
+        "train.max_steps=7",
+        "train.per_device_train_batch_size=4",
+        "train.learning_rate=0.01",
+        "train.save_steps=2",
+        "loss.beta=0.05",
+        "loss.penalty=hinge",
+        "loss.sort=soft",
+        "data.train_path=a.jsonl",
+        "data.test_path=b.jsonl",
+    )
+    assert (cfg.seed, cfg.train.max_steps, cfg.loss.penalty, cfg.loss.sort, cfg.data.train_path) == (
+        3,
+        7,
+        "hinge",
+        "soft",
+        "a.jsonl",
+    )
+    assert loss_kwargs(cfg) == dict(
+        beta=0.05, penalty="hinge", sort="soft", sort_strength=None, label_smoothing=0.0
+    )
+
+
+def test_aot_with_a_per_device_batch_of_one_is_refused(tmp_path):
+    cfg = compose("loss=aot_paired", "train.per_device_train_batch_size=1")
+    with pytest.raises(ConfigError, match="at least 2"):
+        build_training_args(cfg, str(tmp_path))
+
+
+def run_script(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "train.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def test_cfg_job_prints_the_config_and_loads_nothing(tmp_path):
+    out = tmp_path / "never"
+    proc = run_script("--cfg", "job", "model=merlinite", "loss=aot_unpaired", f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert "name_or_path: ibm/merlinite-7b" in proc.stdout and "beta: 0.01" in proc.stdout
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("model=gpt5", "Available options in 'model'"),
+        ("loss=orpo", "Available options in 'loss'"),
+        ("data=imagenet", "Available options in 'data'"),
+        ("train.max_stepz=3", "max_stepz"),
+    ],
+)
+def test_unknown_names_and_keys_fail_listing_choices(override, expected):
+    proc = run_script("--cfg", "job", override)
+    assert proc.returncode != 0
+    assert expected in proc.stderr + proc.stdout
+    if override.startswith("model="):
+        assert "merlinite" in proc.stderr and "tiny" in proc.stderr

@@ -1,0 +1,201 @@
+"""End-to-end runs of the tiny model, and the trainer's pieces against independent oracles."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, compose
+
+from aot.run import ConfigError, train
+from aot.trainer import BothLabelsSampler, PreferenceCollator, sequence_logps
+
+
+def run(tmp_path, *overrides):
+    cfg = compose(f"output_dir={tmp_path}", "train.save_steps=1000", *overrides)
+    return train(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "loss,view",
+    [
+        ("aot_unpaired", "paired"),
+        ("aot_unpaired", "unpaired"),
+        ("aot_paired", "paired"),
+        ("dpo", "paired"),
+        ("ipo", "paired"),
+        ("kto", "paired"),
+        ("kto", "unpaired"),
+    ],
+)
+def test_tiny_runs_end_to_end(tmp_path, tiny_path, loss, view):
+    metrics = run(
+        tmp_path, f"loss={loss}", f"data.view={view}", "train.max_steps=3", "data.max_test_samples=32"
+    )
+    assert metrics["method"] == loss and metrics["data"]["train"]["kind"] == view
+    assert {
+        "config.yaml",
+        "metrics.json",
+        "quantiles.png",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+    } <= set(os.listdir(tmp_path))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["eval_before"]["fsd_violation"] == 1.0  # LoRA starts as the reference: equal rewards
+    assert "reference_margin_quantiles" in saved["eval_after"]
+    assert str(tiny_path) in (tmp_path / "config.yaml").read_text()  # the resolved local path
+    if loss.startswith("aot"):
+        logged = [h for h in saved["log_history"] if "ot_batch/chosen" in h]
+        assert logged and "fsd_violation" in logged[0]
+        if view == "unpaired":  # truly unpaired batches: unequal numbers of chosen and rejected
+            assert logged[0]["ot_batch/chosen"] + logged[0]["ot_batch/rejected"] == 16
+
+
+@pytest.mark.slow
+def test_short_aot_run_improves_the_distributions(tmp_path, tiny_path):
+    metrics = run(tmp_path, "loss=aot_unpaired", "data.view=unpaired", "train.max_steps=30")
+    before, after = metrics["eval_before"], metrics["eval_after"]
+    assert before["reward_accuracy"] == 0.0 and after["reward_accuracy"] > 0.8
+    assert before["fsd_violation"] == 1.0 and after["fsd_violation"] < 0.2
+    assert after["aot_violation"] < before["aot_violation"] - 0.005  # beta = 0.01 keeps it near log 2
+
+
+@pytest.mark.slow
+def test_saved_adapter_loads_with_peft_and_changes_the_base(tmp_path, tiny_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run(tmp_path, "train.max_steps=5", "data.max_test_samples=16")
+    base = AutoModelForCausalLM.from_pretrained(tiny_path)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_path), tmp_path)
+    ids = AutoTokenizer.from_pretrained(tmp_path)("What color is snow?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(base(ids).logits, tuned(ids).logits)
+
+
+@pytest.mark.slow
+def test_full_finetuning_uses_a_frozen_reference(tmp_path, tiny_path):
+    metrics = run(
+        tmp_path,
+        "model.lora=false",
+        "train.max_steps=3",
+        "train.learning_rate=1e-3",
+        "data.max_test_samples=16",
+    )
+    assert metrics["eval_after"]["reward_accuracy"] > 0.0
+    assert "model.safetensors" in os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_skipped_rows_reach_metrics_json(tmp_path, tiny_path):
+    rows = [
+        {"prompt": f"What color is item {i}?", "chosen": "It is blue.", "rejected": "no."} for i in range(20)
+    ]
+    rows.append({"prompt": "p", "chosen": "", "rejected": "r"})
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    metrics = run(
+        out,
+        "data=local",
+        f"data.train_path={data}",
+        f"data.test_path={data}",
+        "data.skip_invalid=true",
+        "train.max_steps=1",
+        "train.per_device_train_batch_size=4",
+        "train.max_prompt_length=4",
+    )
+    assert metrics["data"]["train"]["skipped"] == {"field 'chosen'": 1}
+    assert metrics["data"]["train"]["prompts_truncated"] == 20
+
+
+def test_refusals_happen_before_loading(tmp_path):
+    with pytest.raises(ConfigError, match="at least 2"):
+        run(tmp_path, "train.per_device_train_batch_size=1")
+    with pytest.raises(ConfigError, match="needs paired rows"):
+        run(tmp_path, "loss=dpo", "data.view=unpaired")
+    assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_make_train_entry_point(tmp_path, tiny_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/train.py",
+            f"output_dir={tmp_path}",
+            "train.max_steps=2",
+            "data.max_test_samples=16",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "eval reward accuracy : 0.000 ->" in proc.stdout and "eval FSD violation   : 1.000 ->" in proc.stdout
+    )
+    assert "OT batch: 16 values per side" in proc.stdout + proc.stderr
+
+
+# --- pieces ------------------------------------------------------------------------------------
+
+
+def test_sequence_logps_match_the_models_own_loss(tiny_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    features = [
+        {"prompt_ids": [1, 4, 50, 60, 2, 5], "chosen_ids": [70, 80, 90, 2], "rejected_ids": [99, 2]},
+        {"prompt_ids": [1, 4, 51, 2, 5], "chosen_ids": [71, 2], "rejected_ids": [72, 73, 74, 75, 2]},
+    ]
+    batch = PreferenceCollator(pad_token_id=0)(features)
+    logps, lengths = sequence_logps(model, batch)
+    assert lengths.tolist() == [4, 2, 2, 5]
+    for i, (p, c) in enumerate(
+        [(f["prompt_ids"], f[k]) for k in ("chosen_ids", "rejected_ids") for f in features]
+    ):
+        ids = torch.tensor([p + c])
+        labels = ids.clone()
+        labels[0, : len(p)] = -100
+        with torch.no_grad():
+            mean_nll = model(input_ids=ids, labels=labels).loss  # mean over completion tokens
+        assert torch.allclose(logps[i], -mean_nll * len(c), atol=1e-4)
+
+
+def test_both_labels_sampler():
+    labels = [i % 5 < 3 for i in range(103)]  # 62 chosen, 41 rejected
+    sampler = BothLabelsSampler(labels, batch_size=8, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(103))
+    counts = []
+    for start in range(0, 103, 8):
+        block = [labels[i] for i in order[start : start + 8]]
+        assert any(block) and not all(block)
+        counts.append(sum(block))
+    assert len(set(counts)) > 1  # unequal numbers per batch
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+
+
+def test_unpaired_summary_against_brute_force():
+    from aot.diagnostics import summarise
+
+    g = torch.Generator().manual_seed(0)
+    policy = {
+        "chosen": torch.randn(7, generator=g, dtype=torch.float64),
+        "rejected": torch.randn(5, generator=g, dtype=torch.float64),
+    }
+    reference = {
+        "chosen": torch.zeros(7, dtype=torch.float64),
+        "rejected": torch.zeros(5, dtype=torch.float64),
+    }
+    m = summarise(policy, reference, paired=False, beta=0.1, penalty="logistic")
+    pairs = [(c > r) for c in policy["chosen"] for r in policy["rejected"]]
+    assert m["reward_accuracy"] == pytest.approx(sum(pairs) / len(pairs))
+    assert "policy_margin_quantiles" not in m
+    assert m["chosen_reward_quantiles"]["q50"] == pytest.approx(float(policy["chosen"].median()))
