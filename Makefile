@@ -12,7 +12,7 @@ LOSS ?= aot_unpaired
 DATA ?= sample
 ARGS ?=
 
-.PHONY: install train test lint bench-loss
+.PHONY: install train test lint bench-loss bench-train
 
 install: $(STAMP)
 
@@ -37,3 +37,6 @@ lint: install
 
 bench-loss: install
 	$(PY) benchmarks/bench_loss.py
+
+bench-train: install
+	$(PY) benchmarks/bench_train.py

@@ -135,8 +135,9 @@ def load_tokenizer(cfg: DictConfig, path: str):
 
 def load_models(cfg: DictConfig, path: str):
     """The policy (LoRA-wrapped unless model.lora=false) and the frozen reference (None with LoRA)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
 
+    set_seed(cfg.seed)  # LoRA's initialisation draws from the RNG: seed it before, not in the Trainer
     kwargs = dict(dtype=getattr(torch, cfg.model.dtype), attn_implementation=cfg.model.attn_implementation)
     policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if cfg.train.disable_dropout:
@@ -175,7 +176,7 @@ def _diagnose(model, reference_ctx, features, collator, batch_size, ref_logps=No
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns what it wrote to metrics.json."""
     from aot.diagnostics import plot_quantiles, summarise
-    from aot.trainer import PreferenceCollator, PreferenceTrainer, reference_of, tokenize_split
+    from aot.trainer import PreferenceCollator, reference_of, tokenize_split
 
     started = time.time()
     args = build_training_args(cfg)  # validates the config before anything is loaded
@@ -217,19 +218,7 @@ def train(cfg: DictConfig) -> dict:
         policy, reference_ctx, test_features, collator, t.per_device_eval_batch_size
     )
 
-    if method == "kto":
-        trainer = _kto_trainer(cfg, args, policy, reference, tokenizer, unpair(train_split))
-    else:
-        trainer = PreferenceTrainer(
-            model=policy,
-            args=args,
-            train_dataset=train_features,
-            data_collator=collator,
-            processing_class=tokenizer,
-            method=method,
-            loss_kwargs=loss_kwargs(cfg),
-            ref_model=reference,
-        )
+    trainer = make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_features)
     _log_ot_batch(cfg, args)
     result = trainer.train()
     trainer.save_model(str(out))
@@ -275,11 +264,28 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-def _kto_trainer(cfg, args, policy, reference, tokenizer, split):
+def make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_features):
+    """Our ``PreferenceTrainer``, or TRL's ``KTOTrainer`` for kto (on unpaired rows)."""
+    from aot.trainer import PreferenceCollator, PreferenceTrainer
+
+    if cfg.loss.name != "kto":
+        return PreferenceTrainer(
+            model=policy,
+            args=args,
+            train_dataset=train_features,
+            data_collator=PreferenceCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            method=cfg.loss.name,
+            loss_kwargs=loss_kwargs(cfg),
+            ref_model=reference,
+        )
     import datasets
     from trl import KTOTrainer
 
-    rows = [{"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]} for r in split.rows]
+    rows = [
+        {"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]}
+        for r in unpair(train_split).rows
+    ]
     return KTOTrainer(
         model=policy,
         ref_model=reference,
