@@ -11,6 +11,10 @@ MODEL ?= tiny
 LOSS ?= aot_unpaired
 DATA ?= sample
 ARGS ?=
+ACCEL ?=
+NPROC ?=
+# ACCEL=<fsdp|deepspeed_zero3|ddp|cpu> launches through accelerate with configs/accelerate/$(ACCEL).yaml
+LAUNCH = $(if $(ACCEL),$(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
 .PHONY: install train test lint bench-loss bench-train
 
@@ -25,9 +29,9 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# make train MODEL=merlinite LOSS=aot_unpaired [DATA=ultrafeedback] [ARGS="train.max_steps=10 loss.beta=0.02"]
+# make train MODEL=merlinite LOSS=aot_unpaired [DATA=ultrafeedback] [ARGS="train.max_steps=10 loss.beta=0.02"] [ACCEL=fsdp NPROC=8]
 train: install
-	$(PY) scripts/train.py model=$(MODEL) loss=$(LOSS) data=$(DATA) $(ARGS)
+	$(LAUNCH) scripts/train.py model=$(MODEL) loss=$(LOSS) data=$(DATA) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q tests

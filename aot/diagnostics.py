@@ -12,23 +12,19 @@ from __future__ import annotations
 import torch
 
 from aot.losses import aot_loss, fsd_violation
-from aot.trainer import sequence_logps
+from aot.trainer import row_logps
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 
 
-@torch.no_grad()
 def split_logps(model, features: list[dict], collator, batch_size: int, device) -> dict[str, torch.Tensor]:
     """Completion log-probs of every sequence of the split: {"chosen": (n,), "rejected": (m,)}."""
     model.eval()
-    out = {"chosen": [], "rejected": []}
-    for start in range(0, len(features), batch_size):
-        batch = collator(features[start : start + batch_size])
-        tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        logps, _ = sequence_logps(model, tensors)
-        out["chosen"].append(logps[batch["is_chosen"]].cpu())
-        out["rejected"].append(logps[~batch["is_chosen"]].cpu())
-    return {k: torch.cat(v).double() for k, v in out.items()}
+    rows = row_logps(model, features, collator, batch_size, device).double()
+    if rows.shape[1] == 2:
+        return {"chosen": rows[:, 0], "rejected": rows[:, 1]}
+    labels = torch.tensor([f["label"] for f in features])
+    return {"chosen": rows[labels, 0], "rejected": rows[~labels, 0]}
 
 
 def _quantiles(x: torch.Tensor) -> dict[str, float]:

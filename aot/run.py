@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aot.data import load_split, unpair
 from aot.losses import LOSSES, PAIRED_ONLY
+from aot.runtime import StopOnSignal, attach_ref_logps, find_checkpoint
 
 log = logging.getLogger("aot")
 
@@ -36,6 +37,14 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"loss={method} with train.per_device_train_batch_size=1 sorts a single value per side, "
             "so AOT reduces to a per-pair loss; use a per-device batch of at least 2"
+        )
+    if cfg.loss.ot_batch not in ("global", "local"):
+        raise ConfigError(f"loss.ot_batch must be global or local, got {cfg.loss.ot_batch!r}")
+    size, micro = cfg.loss.ot_batch_size, cfg.train.per_device_train_batch_size
+    if size is not None and (method == "kto" or size < micro or size % micro):
+        raise ConfigError(
+            f"loss.ot_batch_size={size} must be a multiple of train.per_device_train_batch_size={micro}"
+            + (" and is not available for kto" if method == "kto" else "")
         )
     if method in PAIRED_ONLY and cfg.data.source == "sample" and cfg.data.view == "unpaired":
         raise ConfigError(
@@ -65,10 +74,12 @@ def build_training_args(cfg: DictConfig, output_dir: str | None = None):
         seed=cfg.seed,
         max_steps=t.max_steps,
         num_train_epochs=t.num_train_epochs,
-        per_device_train_batch_size=t.per_device_train_batch_size,
+        # Two-pass: the dataloader yields ot_batch_size rows, split into micro-batches by the collator.
+        per_device_train_batch_size=cfg.loss.ot_batch_size or t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
+        optim=t.optim,
         lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay,
@@ -104,7 +115,10 @@ def loss_kwargs(cfg: DictConfig) -> dict:
     if fn is None:
         return {}
     params = inspect.signature(fn).parameters
-    return {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k in params}
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k in params}
+    if "gather" in params:
+        kwargs["gather"] = cfg.loss.ot_batch == "global"
+    return kwargs
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -183,6 +197,9 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     method = cfg.loss.name
+    main = args.process_index == 0  # only the main process writes outputs and logs progress
+    if not main:
+        log.setLevel(logging.WARNING)
 
     train_split, test_split = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     if method in PAIRED_ONLY and train_split.kind != "paired":
@@ -190,12 +207,14 @@ def train(cfg: DictConfig) -> dict:
     for split in (train_split, test_split):
         log.info("data %s", split.summary())
 
-    path = model_path(cfg)
+    with args.main_process_first(desc="model files"):  # the tiny model is built once, by rank 0
+        path = model_path(cfg)
     tokenizer = load_tokenizer(cfg, path)
     policy, reference = load_models(cfg, path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["model"]["name_or_path"] = path
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    if main:
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
 
     t = cfg.train
     train_features, train_trunc = tokenize_split(train_split, tokenizer, t.max_length, t.max_prompt_length)
@@ -219,10 +238,26 @@ def train(cfg: DictConfig) -> dict:
     )
 
     trainer = make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_features)
-    _log_ot_batch(cfg, args)
-    result = trainer.train()
+    if method.startswith("aot"):
+        log.info(ot_batch_line(cfg, args.world_size))
+    if t.precompute_ref and method != "kto":
+        attach_ref_logps(cfg, path, policy, reference, train_features, collator, args)
+    resume = find_checkpoint(out) if t.resume == "auto" else (None if t.resume == "never" else t.resume)
+    if resume:
+        log.info("resuming from %s", resume)
+    stopper = StopOnSignal()
+    trainer.add_callback(stopper)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if stopper.stopped_at is not None:
+        log.info(
+            "stopped by signal at step %d with a checkpoint in %s; run the same command to resume",
+            stopper.stopped_at,
+            out,
+        )
+        return {"stopped_at": stopper.stopped_at}
     trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    if main:
+        tokenizer.save_pretrained(str(out))
 
     after, _ = _diagnose(
         policy, reference_ctx, test_features, collator, t.per_device_eval_batch_size, ref_logps
@@ -251,16 +286,17 @@ def train(cfg: DictConfig) -> dict:
         },
         "wall_seconds": round(time.time() - started, 1),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_quantiles(
-        out / "quantiles.png",
-        ref_logps,
-        before,
-        after,
-        paired,
-        f"{cfg.model.id} / {method} / {cfg.data.name}",
-    )
-    _print_summary(out, metrics)
+    if main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot_quantiles(
+            out / "quantiles.png",
+            ref_logps,
+            before,
+            after,
+            paired,
+            f"{cfg.model.id} / {method} / {cfg.data.name}",
+        )
+        _print_summary(out, metrics)
     return metrics
 
 
@@ -273,7 +309,10 @@ def make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_fea
             model=policy,
             args=args,
             train_dataset=train_features,
-            data_collator=PreferenceCollator(tokenizer.pad_token_id),
+            data_collator=PreferenceCollator(
+                tokenizer.pad_token_id,
+                cfg.train.per_device_train_batch_size if cfg.loss.ot_batch_size else None,
+            ),
             processing_class=tokenizer,
             method=cfg.loss.name,
             loss_kwargs=loss_kwargs(cfg),
@@ -295,13 +334,15 @@ def make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_fea
     )
 
 
-def _log_ot_batch(cfg, args) -> None:
-    if cfg.loss.name.startswith("aot"):
-        log.info(
-            "OT batch: %d values per side sorted together (%d per device, local to each device)",
-            args.per_device_train_batch_size,
-            args.per_device_train_batch_size,
-        )
+def ot_batch_line(cfg, world_size: int) -> str:
+    """How many rows' values are sorted together, e.g. 'OT batch: 512 = 8 per device x 2 ranks x 32'."""
+    micro = cfg.train.per_device_train_batch_size
+    passes = (cfg.loss.ot_batch_size or micro) // micro
+    ranks = world_size if cfg.loss.ot_batch == "global" else 1
+    line = f"OT batch: {micro * ranks * passes} = {micro} per device x {ranks} rank{'s' if ranks > 1 else ''} x {passes}"
+    if cfg.loss.ot_batch == "local" and world_size > 1:
+        line += f" (local: each of {world_size} ranks sorts its own)"
+    return line + (" (two-pass step)" if passes > 1 else "")
 
 
 def _print_summary(out: Path, metrics: dict) -> None:

@@ -31,7 +31,7 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 
 from aot.data import Split
-from aot.losses import LOSSES, PAIRED_ONLY, fsd_violation
+from aot.losses import LOSSES, PAIRED_ONLY, fsd_violation, gather_global
 
 # --- tokenisation ------------------------------------------------------------------------------
 
@@ -73,11 +73,22 @@ def tokenize_split(
 
 @dataclass
 class PreferenceCollator:
-    """Pads paired rows to 2B sequences [chosen; rejected], unpaired rows to B sequences."""
+    """Pads paired rows to 2B sequences [chosen; rejected], unpaired rows to B sequences.
+
+    With ``micro_batch_size`` set (the two-pass step), returns ``{"micro_batches": [...]}``, each
+    padded on its own. Rows carrying ``ref_logps`` (precomputed) add a ``ref_logps`` (S,) tensor.
+    """
 
     pad_token_id: int
+    micro_batch_size: int | None = None
 
     def __call__(self, features: list[dict]) -> dict:
+        if self.micro_batch_size:
+            k = self.micro_batch_size
+            return {"micro_batches": [self.collate(features[i : i + k]) for i in range(0, len(features), k)]}
+        return self.collate(features)
+
+    def collate(self, features: list[dict]) -> dict:
         paired = "chosen_ids" in features[0]
         if paired:
             seqs = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
@@ -94,13 +105,17 @@ class PreferenceCollator:
             input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
             attention_mask[i, : len(p) + len(c)] = 1
             completion_mask[i, len(p) : len(p) + len(c)] = 1
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "completion_mask": completion_mask,
             "is_chosen": torch.tensor(is_chosen),
             "paired": paired,
         }
+        if "ref_logps" in features[0]:  # per row: [chosen, rejected] or [completion]
+            columns = (0, 1) if paired else (0,)
+            batch["ref_logps"] = torch.tensor([f["ref_logps"][c] for c in columns for f in features])
+        return batch
 
 
 class BothLabelsSampler(Sampler):
@@ -156,6 +171,19 @@ def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
+@torch.no_grad()
+def row_logps(model, features: list[dict], collator, batch_size: int, device) -> torch.Tensor:
+    """Completion log-probs per row, in row order: (N, 2) [chosen, rejected] or (N, 1)."""
+    columns = 2 if "chosen_ids" in features[0] else 1
+    out = []
+    for start in range(0, len(features), batch_size):
+        batch = collator.collate(features[start : start + batch_size])
+        tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        logps, _ = sequence_logps(model, tensors)  # (columns * b,) as [col 0 rows; col 1 rows]
+        out.append(logps.float().cpu().reshape(columns, -1).T)
+    return torch.cat(out)
+
+
 def preference_loss(method: str, logps, ref_logps, lengths, batch: dict, loss_kwargs: dict):
     """The loss of ``method`` on one batch, and detached statistics for logging."""
     is_chosen = batch["is_chosen"]
@@ -173,9 +201,10 @@ def preference_loss(method: str, logps, ref_logps, lengths, batch: dict, loss_kw
     else:
         u, v = logps[is_chosen] - logps[~is_chosen], ref_logps[is_chosen] - ref_logps[~is_chosen]
     loss = LOSSES[method](u, v, **loss_kwargs)
-    return loss, reward_stats(
-        rewards.detach(), is_chosen, batch["paired"], loss_kwargs["beta"], u.detach(), v.detach()
-    )
+    u, v = u.detach(), v.detach()
+    if loss_kwargs.get("gather"):  # log the OT batch that was actually sorted: the global one
+        u, v = gather_global(u), gather_global(v)
+    return loss, reward_stats(rewards.detach(), is_chosen, batch["paired"], loss_kwargs["beta"], u, v)
 
 
 def reward_stats(rewards, is_chosen, paired: bool, beta: float, u=None, v=None) -> dict[str, float]:
@@ -199,6 +228,35 @@ def reward_stats(rewards, is_chosen, paired: bool, beta: float, u=None, v=None) 
         stats["ot_batch/chosen"], stats["ot_batch/rejected"] = float(len(u)), float(len(v))
         stats["fsd_violation"] = fsd_violation(u.double(), v.double())
     return stats
+
+
+def merge_micro_batches(micro: list[dict]) -> dict:
+    """One batch from micro-batches (padded to a common width), same row layout rules."""
+    width = max(mb["input_ids"].shape[1] for mb in micro)
+
+    def pad(t, value):
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    out = {
+        "input_ids": torch.cat([pad(mb["input_ids"], 0) for mb in micro]),
+        "attention_mask": torch.cat([pad(mb["attention_mask"], 0) for mb in micro]),
+        "completion_mask": torch.cat([pad(mb["completion_mask"], 0) for mb in micro]),
+        "is_chosen": torch.cat([mb["is_chosen"] for mb in micro]),
+        "paired": micro[0]["paired"],
+    }
+    if "ref_logps" in micro[0]:
+        out["ref_logps"] = torch.cat([mb["ref_logps"] for mb in micro])
+    return out
+
+
+def _rng_state() -> tuple:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 @contextlib.contextmanager
@@ -225,15 +283,66 @@ class PreferenceTrainer(Trainer):
     def reference(self):
         return reference_of(self.accelerator.unwrap_model(self.model), self.ref_model, wrapped=self.model)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps, lengths = sequence_logps(model, inputs)
+    def reference_logps(self, inputs) -> torch.Tensor:
+        if "ref_logps" in inputs:  # precomputed once per dataset (train.precompute_ref)
+            return inputs["ref_logps"]
         with torch.no_grad(), self.reference() as ref:
-            ref_logps, _ = sequence_logps(ref, inputs)
-        loss, stats = preference_loss(self.method, logps, ref_logps, lengths, inputs, self.loss_kwargs)
+            return sequence_logps(ref, inputs)[0]
+
+    def _record(self, model, stats: dict) -> None:
         mode = "train" if model.training else "eval"
         for key, value in stats.items():
             self._metrics[mode][key].append(value)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "micro_batches" in inputs:  # evaluation of a two-pass batch: merge, no gradient needed
+            inputs = merge_micro_batches(inputs["micro_batches"])
+        logps, lengths = sequence_logps(model, inputs)
+        ref_logps = self.reference_logps(inputs)
+        loss, stats = preference_loss(self.method, logps, ref_logps, lengths, inputs, self.loss_kwargs)
+        self._record(model, stats)
         return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if "micro_batches" not in inputs:
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self._two_pass_step(model, self._prepare_inputs(inputs)["micro_batches"])
+
+    def _two_pass_step(self, model, micro: list[dict]) -> torch.Tensor:
+        """Exact gradient of the loss over all micro-batches, at the memory of one.
+
+        Pass 1 (no graph): every log-prob, and the loss's gradient with respect to each one on
+        that detached set (gathered across ranks when the OT batch is global). Pass 2: each
+        micro-batch again with a graph, backpropagating ``sum(logp * dL/dlogp)``. The RNG state
+        of each micro-batch's first forward is replayed so that dropout masks match.
+        """
+        model.train()
+        states, logps, refs, lengths = [], [], [], []
+        with torch.no_grad():
+            for mb in micro:
+                states.append(_rng_state())
+                lp, n = sequence_logps(model, mb)
+                logps.append(lp)
+                lengths.append(n)
+                refs.append(self.reference_logps(mb))
+        merged = {"is_chosen": torch.cat([mb["is_chosen"] for mb in micro]), "paired": micro[0]["paired"]}
+        # Masking by is_chosen keeps pairs aligned: the k-th chosen and k-th rejected share a row.
+        all_logps = torch.cat(logps).requires_grad_()
+        loss, stats = preference_loss(
+            self.method, all_logps, torch.cat(refs), torch.cat(lengths), merged, self.loss_kwargs
+        )
+        (grad,) = torch.autograd.grad(loss, all_logps)
+        grad = grad / self.current_gradient_accumulation_steps
+        offset = 0
+        for k, (mb, state) in enumerate(zip(micro, states)):
+            _set_rng_state(state)
+            sync = contextlib.nullcontext() if k == len(micro) - 1 else self.accelerator.no_sync(model)
+            with sync:
+                lp, _ = sequence_logps(model, mb)
+                self.accelerator.backward((lp * grad[offset : offset + len(lp)]).sum())
+            offset += len(lp)
+        self._record(model, stats)
+        return loss.detach() / self.current_gradient_accumulation_steps
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -1,0 +1,277 @@
+"""Scale-out: multi-process runs through the launcher, the two-pass step, preemption and
+resume, precomputed reference log-probs, Slurm dry runs, launch configs.
+
+Parameter updates are compared under SGD, where an update is exactly lr x gradient (Adam's first
+step would hide a gradient scale error behind its normalisation)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, compose
+from safetensors.torch import load_file
+
+from aot.run import ConfigError, ot_batch_line, train
+
+SGD = [
+    "train.optim=sgd",
+    "train.learning_rate=2.0",
+    "train.warmup_steps=0",
+    "train.lr_scheduler_type=constant",
+    "data.max_test_samples=8",
+    "train.save_steps=1000",
+]
+
+
+def adapter(path):
+    return load_file(os.path.join(path, "adapter_model.safetensors"))
+
+
+def assert_same_weights(a, b, atol=1e-5):
+    wa, wb = adapter(a), adapter(b)
+    assert wa.keys() == wb.keys()
+    moved = max(wb[k].abs().max().item() for k in wb if "lora_B" in k)
+    assert moved > 1e-3  # the update is not trivially zero
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=0, atol=atol), (k, (wa[k] - wb[k]).abs().max().item())
+
+
+def launch(*args, nproc=None, env=None, **kw):
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "accelerate"),
+        "launch",
+        "--config_file",
+        os.path.join(REPO, "configs", "accelerate", "cpu.yaml"),
+    ]
+    cmd += ["--num_processes", str(nproc)] if nproc else []
+    return subprocess.run(
+        cmd + ["scripts/train.py", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["loss=aot_unpaired"], ["loss=aot_paired", "loss.sort=soft"]])
+def test_two_processes_through_the_launcher_equal_one_process(tmp_path, tiny_path, extra):
+    proc = launch(
+        f"output_dir={tmp_path / 'ddp'}",
+        "train.max_steps=2",
+        "train.per_device_train_batch_size=8",
+        *SGD,
+        *extra,
+        nproc=2,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OT batch: 16 = 8 per device x 2 ranks x 1" in proc.stdout + proc.stderr
+    one = train(
+        compose(
+            f"output_dir={tmp_path / 'one'}",
+            "train.max_steps=2",
+            "train.per_device_train_batch_size=16",
+            *SGD,
+            *extra,
+        )
+    )
+    import json
+
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    losses = lambda m: [h["loss"] for h in m["log_history"] if "loss" in h]  # noqa: E731
+    assert ddp["train"]["train_loss"] == pytest.approx(one["train"]["train_loss"], abs=1e-5)
+    assert_same_weights(tmp_path / "ddp", tmp_path / "one")
+    assert losses(ddp) == pytest.approx(losses(one), abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["loss=aot_unpaired"],
+        ["loss=aot_paired", "loss.penalty=squared_hinge", "loss.sort=soft"],
+        ["loss=aot_unpaired", "data.view=unpaired"],
+        ["loss=dpo"],
+    ],
+)
+def test_two_pass_equals_one_pass_over_the_same_batch(tmp_path, tiny_path, extra):
+    two = train(
+        compose(
+            f"output_dir={tmp_path / 'two'}",
+            "train.max_steps=2",
+            "loss.ot_batch_size=64",
+            "train.per_device_train_batch_size=8",
+            *SGD,
+            *extra,
+        )
+    )
+    one = train(
+        compose(
+            f"output_dir={tmp_path / 'one'}",
+            "train.max_steps=2",
+            "train.per_device_train_batch_size=64",
+            *SGD,
+            *extra,
+        )
+    )
+    assert two["train"]["train_loss"] == pytest.approx(one["train"]["train_loss"], abs=1e-5)
+    assert_same_weights(tmp_path / "two", tmp_path / "one")
+
+
+@pytest.mark.slow
+def test_two_pass_replays_dropout(tmp_path, tiny_path):
+    # With LoRA dropout on, pass 2 must see pass 1's masks, else the update is not the one-pass one.
+    extra = ["model.lora_dropout=0.3", "train.max_steps=1"]
+    train(
+        compose(
+            f"output_dir={tmp_path / 'two'}",
+            "loss.ot_batch_size=32",
+            "train.per_device_train_batch_size=8",
+            *SGD,
+            *extra,
+        )
+    )
+    two = adapter(tmp_path / "two")
+    train(
+        compose(
+            f"output_dir={tmp_path / 'two2'}",
+            "loss.ot_batch_size=32",
+            "train.per_device_train_batch_size=8",
+            *SGD,
+            *extra,
+        )
+    )
+    assert all(torch.equal(two[k], v) for k, v in adapter(tmp_path / "two2").items())  # deterministic
+
+
+def test_ot_batch_line_and_checks():
+    cfg = compose("train.per_device_train_batch_size=8", "loss.ot_batch_size=256")
+    assert ot_batch_line(cfg, 2) == "OT batch: 512 = 8 per device x 2 ranks x 32 (two-pass step)"
+    assert ot_batch_line(compose("loss.ot_batch=local", "train.per_device_train_batch_size=8"), 4) == (
+        "OT batch: 8 = 8 per device x 1 rank x 1 (local: each of 4 ranks sorts its own)"
+    )
+    with pytest.raises(ConfigError, match="multiple of"):
+        train(compose("train.per_device_train_batch_size=8", "loss.ot_batch_size=12"))
+    with pytest.raises(ConfigError, match="global or local"):
+        train(compose("loss.ot_batch=world"))
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path, tiny_path):
+    args = ["scripts/train.py", "train.max_steps=60", "train.save_steps=5", "data.max_test_samples=8"]
+    straight = tmp_path / "straight"
+    done = subprocess.run(
+        [sys.executable, *args, f"output_dir={straight}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, *args, f"output_dir={out}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-5" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-2000:]
+    assert "stopped by signal at step" in log
+    step = int(log.split("stopped by signal at step ")[1].split()[0])
+    assert 5 <= step < 60 and (out / f"checkpoint-{step}").is_dir()
+    assert not (out / "adapter_model.safetensors").exists()  # no final model yet
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from {out / f'checkpoint-{step}'}" in again.stdout + again.stderr
+    wa, wb = adapter(out), adapter(straight)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_precomputed_reference_gives_the_same_losses(tmp_path, tiny_path, monkeypatch):
+    monkeypatch.setenv("AOT_CACHE_DIR", str(tmp_path / "cache"))  # a fresh reference cache...
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / tiny_path.name).symlink_to(tiny_path)  # ...with the tiny model already built
+    base = ["train.max_steps=3", "train.per_device_train_batch_size=8", *SGD]
+    live = train(compose(f"output_dir={tmp_path / 'live'}", *base))
+    pre = train(compose(f"output_dir={tmp_path / 'pre'}", "train.precompute_ref=true", *base))
+    losses = lambda m: [h["loss"] for h in m["log_history"] if "loss" in h]  # noqa: E731
+    assert losses(pre) == pytest.approx(losses(live), abs=1e-5)
+    assert_same_weights(tmp_path / "pre", tmp_path / "live")
+    cached = sorted((tmp_path / "cache" / "ref_logps").glob("*.pt"))
+    assert len(cached) == 1
+    # Reused when nothing changed; a new key when the tokenisation changes.
+    train(compose(f"output_dir={tmp_path / 'pre2'}", "train.precompute_ref=true", *base))
+    assert sorted((tmp_path / "cache" / "ref_logps").glob("*.pt")) == cached
+    train(
+        compose(
+            f"output_dir={tmp_path / 'pre3'}", "train.precompute_ref=true", "train.max_prompt_length=6", *base
+        )
+    )
+    assert len(list((tmp_path / "cache" / "ref_logps").glob("*.pt"))) == 2
+
+
+def slurm_dry_run(nodes=None, *words):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["DRY_RUN"] = "1"
+    if nodes:
+        env["SLURM_NNODES"] = str(nodes)
+    proc = subprocess.run(
+        ["bash", "slurm/train.sh", *words], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("nodes,total", [(None, 8), (2, 16)])
+def test_slurm_dry_run(nodes, total):
+    out = slurm_dry_run(nodes, "MODEL=merlinite", "LOSS=aot_unpaired", "ARGS=loss.ot_batch_size=64")
+    n = nodes or 1
+    assert f"{n} node(s) x 8 GPUs = {total} processes" in out
+    assert f"srun --nodes={n} --ntasks-per-node=1" in out
+    assert f"--num_machines {n} --num_processes {total} --machine_rank $SLURM_NODEID" in out
+    assert "--config_file configs/accelerate/fsdp.yaml" in out
+    assert "scripts/train.py model=merlinite loss=aot_unpaired data=sample loss.ot_batch_size=64" in out
+
+
+def test_slurm_reads_environment_and_rejects_bad_words():
+    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_NUM_NODES": "3", "GPUS_PER_NODE": "4", "ACCEL": "ddp"}
+    env.pop("SLURM_NNODES", None)
+    out = subprocess.run(
+        ["bash", "slurm/train.sh", "LOSS=dpo"], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert "3 node(s) x 4 GPUs = 12 processes" in out.stdout and "configs/accelerate/ddp.yaml" in out.stdout
+    assert "loss=dpo" in out.stdout
+    bad = subprocess.run(
+        ["bash", "slurm/train.sh", "merlinite"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "DRY_RUN": "1"},
+    )
+    assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["fsdp", "deepspeed_zero3", "ddp", "cpu"])
+def test_launch_configs_parse(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = os.path.join(REPO, "configs", "accelerate", f"{name}.yaml")
+    cfg = load_config_from_file(path)
+    raw = yaml.safe_load(open(path))
+    assert cfg.num_processes == raw["num_processes"] == (2 if name == "cpu" else 8)
+    if name == "fsdp":
+        assert raw["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
+        assert raw["fsdp_config"]["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
