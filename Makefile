@@ -16,7 +16,7 @@ NPROC ?=
 # ACCEL=<fsdp|deepspeed_zero3|ddp|cpu> launches through accelerate with configs/accelerate/$(ACCEL).yaml
 LAUNCH = $(if $(ACCEL),$(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
-.PHONY: install train test lint bench-loss bench-train
+.PHONY: install train test lint bench-loss bench-train bench-scale
 
 install: $(STAMP)
 
@@ -44,3 +44,6 @@ bench-loss: install
 
 bench-train: install
 	$(PY) benchmarks/bench_train.py
+
+bench-scale: install
+	$(PY) benchmarks/bench_scale.py

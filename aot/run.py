@@ -46,6 +46,8 @@ def check_config(cfg: DictConfig) -> None:
             f"loss.ot_batch_size={size} must be a multiple of train.per_device_train_batch_size={micro}"
             + (" and is not available for kto" if method == "kto" else "")
         )
+    if method == "kto" and cfg.train.precompute_ref:
+        raise ConfigError("train.precompute_ref is for our trainer; kto runs on TRL's KTOTrainer (not supported)")
     if method in PAIRED_ONLY and cfg.data.source == "sample" and cfg.data.view == "unpaired":
         raise ConfigError(
             f"loss={method} needs paired rows; data.view=unpaired has none (use aot_unpaired or kto)"
@@ -240,7 +242,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_features)
     if method.startswith("aot"):
         log.info(ot_batch_line(cfg, args.world_size))
-    if t.precompute_ref and method != "kto":
+    if t.precompute_ref:
         attach_ref_logps(cfg, path, policy, reference, train_features, collator, args)
     resume = find_checkpoint(out) if t.resume == "auto" else (None if t.resume == "never" else t.resume)
     if resume:
@@ -266,7 +268,7 @@ def train(cfg: DictConfig) -> dict:
     summary_args = dict(paired=paired, beta=cfg.loss.beta, penalty=cfg.loss.penalty)
     metrics = {
         "method": method,
-        "train": {k: v for k, v in result.metrics.items()},
+        "train": dict(result.metrics),
         "log_history": trainer.state.log_history,
         "eval_before": summarise(before, ref_logps, **summary_args),
         "eval_after": summarise(after, ref_logps, **summary_args),

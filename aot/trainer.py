@@ -15,6 +15,17 @@ implicit rewards ``r = logp_policy - logp_ref`` and, for paired rows, the margin
 The reference is the base model with the LoRA adapter disabled (no second copy in memory), or
 a separate frozen model for full fine-tuning.
 
+Where this departs from the paper's setup and TRL, and why:
+
+1. The OT batch can be global: with ``gather`` in the loss kwargs every rank's values are sorted
+   together (exact global-batch gradient), instead of each GPU sorting its own micro-batch.
+2. The two-pass step (``micro_batches`` from the collator) sorts more rows than fit in memory at
+   once, exactly: pass 1 without a graph gives dL/dlogp for every row, pass 2 backpropagates it
+   micro-batch by micro-batch with the RNG replayed (same dropout masks).
+3. Truly unpaired batches use the exact unequal-size objective, and the sampler guarantees both
+   labels in every batch.
+4. Reference log-probs may come precomputed with the batch (``ref_logps``).
+
 Shapes: a batch of B paired rows is S = 2B sequences [chosen; rejected]; of B unpaired rows,
 S = B. ``input_ids``/``attention_mask``/``completion_mask`` are (S, L).
 """
