@@ -16,7 +16,7 @@ NPROC ?=
 # ACCEL=<fsdp|deepspeed_zero3|ddp|cpu> launches through accelerate with configs/accelerate/$(ACCEL).yaml
 LAUNCH = $(if $(ACCEL),$(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
-.PHONY: install train test lint bench-loss bench-train bench-scale
+.PHONY: install train test lint bench-loss bench-train bench-scale eval-open-llm eval-alpaca results
 
 install: $(STAMP)
 
@@ -32,6 +32,21 @@ $(STAMP): pyproject.toml
 # make train MODEL=merlinite LOSS=aot_unpaired [DATA=ultrafeedback] [ARGS="train.max_steps=10 loss.beta=0.02"] [ACCEL=fsdp NPROC=8]
 train: install
 	$(LAUNCH) scripts/train.py model=$(MODEL) loss=$(LOSS) data=$(DATA) $(ARGS)
+
+# make eval-open-llm RUN=<run dir> | MODEL=<recipe or hub id> [LEADERBOARD=1] [TINY=1] [TASKS=a,b] [INCLUDE=dir] [BACKEND=vllm]
+eval-open-llm: install
+	$(PY) scripts/eval_open_llm.py $(if $(RUN),--run $(RUN)) $(if $(RUN),,--model $(MODEL)) \
+		$(if $(LEADERBOARD),--leaderboard) $(if $(TINY),--tiny) $(if $(TASKS),--tasks $(TASKS)) \
+		$(if $(INCLUDE),--include-path $(INCLUDE)) $(if $(BACKEND),--backend $(BACKEND))
+
+# make eval-alpaca RUN=<run dir> JUDGE=<gpt4|llama3-70b> [JUDGE_URL=http://host:port/v1] [ALPACA_SET=file.json]
+JUDGE ?= gpt4
+eval-alpaca: install
+	$(PY) scripts/eval_alpaca.py --run $(RUN) --judge $(JUDGE) $(if $(JUDGE_URL),--judge-url $(JUDGE_URL)) \
+		$(if $(ALPACA_SET),--alpaca-set $(ALPACA_SET)) $(if $(MAX_NEW_TOKENS),--max-new-tokens $(MAX_NEW_TOKENS))
+
+results: install
+	$(PY) scripts/results.py
 
 test: install
 	$(PY) -m pytest -q tests

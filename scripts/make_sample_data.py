@@ -9,6 +9,9 @@ the reward distributions. Views:
 - unpaired_{train,test}.jsonl: {"prompt", "completion", "label"}, one row per prompt (never
   both answers of a prompt), about 60% chosen, so chosen and rejected rows share no prompt and
   come in unequal numbers.
+
+It also writes the bundled lm-eval task's questions (evaluation/tasks/aot_tiny/aot_tiny_qa.jsonl):
+one multiple-choice question per fact, four choices, for quick offline evaluation of tiny runs.
 """
 
 import json
@@ -16,7 +19,9 @@ import random
 from pathlib import Path
 
 SEED = 1234
-OUT = Path(__file__).resolve().parents[1] / "aot" / "resources" / "sample"
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "aot" / "resources" / "sample"
+TASK = REPO / "evaluation" / "tasks" / "aot_tiny" / "aot_tiny_qa.jsonl"
 N_TRAIN, N_TEST = 1200, 200
 
 FACTS = {
@@ -107,6 +112,17 @@ def write(name: str, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def questions(rng: random.Random) -> list[dict]:
+    rows = []
+    for kind in sorted(FACTS):
+        answers = sorted(set(FACTS[kind].values()))
+        for x, y in sorted(FACTS[kind].items()):
+            choices = [y] + rng.sample([a for a in answers if a != y], 3)
+            rng.shuffle(choices)
+            rows.append({"question": QUESTIONS[kind][0].format(x=x), "choices": choices, "label": choices.index(y)})
+    return rows
+
+
 def main() -> None:
     rng = random.Random(SEED)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -116,7 +132,11 @@ def main() -> None:
     write("paired_test.jsonl", test)
     write("unpaired_train.jsonl", unpaired(train, rng))
     write("unpaired_test.jsonl", unpaired(test, rng))
+    TASK.parent.mkdir(parents=True, exist_ok=True)
+    qa = questions(random.Random(SEED + 1))
+    TASK.write_text("".join(json.dumps(r) + "\n" for r in qa))
     print(f"wrote {OUT}: {len(train)} train and {len(test)} test pairs, and their unpaired views")
+    print(f"wrote {TASK}: {len(qa)} questions")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,181 @@
+"""Open LLM tasks with lm-eval 0.4.13, 0-shot as in the paper, for a run or a base model.
+
+    make eval-open-llm RUN=outputs/merlinite-aot_unpaired-ultrafeedback
+    make eval-open-llm MODEL=merlinite            # the base model: outputs/merlinite-base/ (a row of its own)
+    make eval-open-llm RUN=... LEADERBOARD=1      # Open LLM Leaderboard v1 shot counts
+    make eval-open-llm RUN=... TINY=1             # tinyBenchmarks, for quick feedback
+
+A LoRA run is evaluated as base + adapter (lm-eval's ``peft=``), a full run from its directory.
+Runs of the tiny model default to the bundled local task ``aot_tiny_qa`` (the real tasks
+download from the hub). Writes lm-eval's results JSON and a one-line summary into
+``<run>/eval/open_llm/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_TASKS = REPO / "evaluation" / "tasks"
+log = logging.getLogger("aot")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # lm-eval task
+    column: str  # results table column
+    metric: str  # lm-eval metric key
+    leaderboard_shots: int  # Open LLM Leaderboard v1
+
+
+OPEN_LLM = (
+    Task("arc_challenge", "ARC", "acc_norm,none", 25),
+    Task("hellaswag", "HellaSwag", "acc_norm,none", 10),
+    Task("mmlu", "MMLU", "acc,none", 5),
+    Task("truthfulqa_mc2", "TruthfulQA", "acc,none", 0),
+    Task("winogrande", "Winogrande", "acc,none", 5),
+    Task("gsm8k", "GSM8K", "exact_match,strict-match", 5),
+)
+TINY = (
+    Task("tinyArc", "ARC", "acc_norm,none", 25),
+    Task("tinyHellaswag", "HellaSwag", "acc_norm,none", 10),
+    Task("tinyMMLU", "MMLU", "acc_norm,none", 0),
+    Task("tinyTruthfulQA", "TruthfulQA", "acc,none", 0),
+    Task("tinyWinogrande", "Winogrande", "acc_norm,none", 5),
+    Task("tinyGSM8k", "GSM8K", "exact_match,strict-match", 5),
+)
+BUNDLED = (Task("aot_tiny_qa", "TinyQA", "acc,none", 0),)
+ALL_TASKS = {t.name: t for t in OPEN_LLM + TINY + BUNDLED}
+
+
+@dataclass
+class Target:
+    """What to evaluate: lm-eval model_args, where results go, and whether it is the tiny model."""
+
+    model_args: dict
+    out_dir: Path
+    label: str
+    tiny: bool
+
+
+def resolve_target(run: str | None, model: str | None, dtype: str = "auto", outputs: str | Path = "outputs") -> Target:
+    """A run directory (LoRA adapter on its base, or a full model), or a recipe name / hub id."""
+    if bool(run) == bool(model):
+        raise ValueError("give exactly one of RUN=<run dir> or MODEL=<recipe or hub id>")
+    if run:
+        run_dir = Path(run)
+        config = run_dir / "config.yaml"
+        if not config.is_file():
+            raise FileNotFoundError(f"{config}: not a run directory (make train writes config.yaml there)")
+        cfg = yaml.safe_load(config.read_text())
+        base = cfg["model"]["name_or_path"]
+        if (run_dir / "adapter_config.json").is_file():
+            args = {"pretrained": base, "peft": str(run_dir)}
+        else:
+            args = {"pretrained": str(run_dir)}
+        return Target({**args, "dtype": dtype}, run_dir / "eval" / "open_llm", run_dir.name, cfg["model"]["id"] == "tiny")
+    recipe = REPO / "recipes" / "model" / f"{model}.yaml"
+    if recipe.is_file():
+        model_id, path = model, yaml.safe_load(recipe.read_text())["model"]["name_or_path"]
+        if path == "tiny":
+            from aot.tiny import build_tiny
+
+            path = str(build_tiny())
+    else:  # a hub id or a local directory
+        model_id, path = model.rstrip("/").split("/")[-1], model
+    out = Path(outputs) / f"{model_id}-base" / "eval" / "open_llm"
+    _write_base_config(out.parents[1], model_id, path)
+    return Target({"pretrained": path, "dtype": dtype}, out, f"{model_id}-base", model_id == "tiny")
+
+
+def _write_base_config(run_dir: Path, model_id: str, path: str) -> None:
+    """A base model's row in the results table needs a config.yaml like a run's."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"model": {"id": model_id, "name_or_path": path}, "loss": {"name": "base"}, "seed": None}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def task_plan(target: Target, tasks: str | None, leaderboard: bool, tiny: bool) -> list[tuple[list[str], int]]:
+    """Groups of tasks that share a shot count: [(tasks, num_fewshot), ...]."""
+    if tasks:
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+    elif tiny:
+        names = [t.name for t in TINY]
+    elif target.tiny:
+        names = [t.name for t in BUNDLED]
+    else:
+        names = [t.name for t in OPEN_LLM]
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        shots = ALL_TASKS[name].leaderboard_shots if leaderboard and name in ALL_TASKS else 0
+        groups.setdefault(shots, []).append(name)
+    return [(names, shots) for shots, names in sorted(groups.items())]
+
+
+def summary_line(results: dict) -> str:
+    parts = []
+    for task, metrics in results.items():
+        key = ALL_TASKS[task].metric if task in ALL_TASKS else next(
+            (k for k in metrics if k.split(",")[0] in ("acc_norm", "acc", "exact_match")), None
+        )
+        if key and key in metrics:
+            parts.append(f"{task} {key.split(',')[0]}={metrics[key]:.4f}")
+    return " | ".join(parts)
+
+
+def evaluate(
+    run: str | None = None,
+    model: str | None = None,
+    tasks: str | None = None,
+    include_path: str | None = None,
+    leaderboard: bool = False,
+    tiny: bool = False,
+    backend: str = "hf",
+    batch_size: str = "auto",
+    device: str | None = None,
+    limit: float | None = None,
+    outputs: str | Path = "outputs",
+) -> dict:
+    import lm_eval
+    import torch
+    from lm_eval.tasks import TaskManager
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target = resolve_target(run, model, outputs=outputs)
+    plan = task_plan(target, tasks, leaderboard, tiny)
+    includes = [str(LOCAL_TASKS)] + ([include_path] if include_path else [])
+    manager = TaskManager(include_path=includes)
+    if backend == "vllm":
+        target.model_args = {**target.model_args}
+        if "peft" in target.model_args:  # vLLM takes a LoRA adapter as lora_local_path
+            target.model_args["lora_local_path"] = target.model_args.pop("peft")
+    merged: dict = {"results": {}, "configs": {}, "n-shot": {}, "versions": {}}
+    for names, shots in plan:
+        log.info("lm-eval %s: %s, %d-shot", target.label, ",".join(names), shots)
+        out = lm_eval.simple_evaluate(
+            model=backend,
+            model_args=target.model_args,
+            tasks=names,
+            num_fewshot=shots,
+            batch_size=batch_size,
+            device=device,
+            task_manager=manager,
+            limit=limit,
+            log_samples=False,
+        )
+        for key in merged:
+            merged[key].update(out.get(key, {}))
+        merged["config"] = out.get("config", {})
+    merged["setting"] = "leaderboard_v1_shots" if leaderboard else "zero_shot"
+    merged["model_args"] = target.model_args
+    target.out_dir.mkdir(parents=True, exist_ok=True)
+    (target.out_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
+    line = summary_line(merged["results"])
+    (target.out_dir / "summary.txt").write_text(f"{merged['setting']}: {line}\n")
+    print(f"{target.label} ({merged['setting']}): {line}\nwrote {target.out_dir}/results.json")
+    return merged

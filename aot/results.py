@@ -1,0 +1,111 @@
+"""The comparison table: every evaluated run under ``outputs/`` in the paper's Table 1 layout.
+
+    make results            # writes results/table.md and results/table.csv
+
+One row per run configuration (base model, method, loss options, data), columns AlpacaEval (one
+per judge) and the Open LLM tasks. Runs that differ only in their seed are merged into
+mean +- std over seeds (the paper's Table 10). Base models evaluated with
+``make eval-open-llm MODEL=...`` get a row of their own (method "base").
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from aot.eval_open_llm import ALL_TASKS, OPEN_LLM
+
+LOSS_OPTIONS = ("beta", "penalty", "sort", "ot_batch", "ot_batch_size", "label_smoothing")
+TASK_COLUMNS = [t.column for t in OPEN_LLM]
+
+
+def _run_scores(run_dir: Path) -> tuple[dict, dict[str, float], str | None]:
+    """(identity, {column: value in percent}, Open LLM setting) of one run directory."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    loss = cfg.get("loss", {})
+    method = loss.get("name", "?")
+    options = {k: loss[k] for k in LOSS_OPTIONS if k in loss and loss[k] is not None and method != "base"}
+    if not method.startswith("aot"):
+        options = {k: v for k, v in options.items() if k in ("beta", "label_smoothing")}
+    identity = {"model": cfg["model"]["id"], "method": method, "options": options,
+                "data": (cfg.get("data") or {}).get("name", "-")}
+    scores, setting = {}, None
+    open_llm = run_dir / "eval" / "open_llm" / "results.json"
+    if open_llm.is_file():
+        results = json.loads(open_llm.read_text())
+        setting = results.get("setting")
+        for task, metrics in results["results"].items():
+            spec = ALL_TASKS.get(task)
+            if spec and spec.metric in metrics:
+                scores[spec.column] = 100 * float(metrics[spec.metric])
+    for result in sorted((run_dir / "eval" / "alpaca").glob("*/result.json")):
+        r = json.loads(result.read_text())
+        scores[f"AlpacaEval ({r['judge']})"] = float(r["win_rate"])
+        if r.get("lc_win_rate") is not None:
+            scores[f"AlpacaEval LC ({r['judge']})"] = float(r["lc_win_rate"])
+    return identity, scores, setting
+
+
+def collect(outputs: Path) -> list[dict]:
+    """Rows, seeds merged: {identity..., seeds, n, columns: {name: (mean, std or None)}}."""
+    groups: dict[str, dict] = {}
+    for config in sorted(outputs.glob("*/config.yaml")):
+        run_dir = config.parent
+        if not (run_dir / "eval").is_dir():
+            continue
+        identity, scores, setting = _run_scores(run_dir)
+        if not scores:
+            continue
+        seed = yaml.safe_load(config.read_text()).get("seed")
+        key = json.dumps(identity, sort_keys=True)
+        group = groups.setdefault(key, {**identity, "seeds": [], "scores": [], "settings": set(), "runs": []})
+        group["seeds"].append(seed)
+        group["scores"].append(scores)
+        group["runs"].append(run_dir.name)
+        if setting:
+            group["settings"].add(setting)
+    rows = []
+    for group in groups.values():
+        columns = {}
+        for name in sorted({c for s in group["scores"] for c in s}):
+            values = [s[name] for s in group["scores"] if name in s]
+            columns[name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None)
+        rows.append({**group, "n": len(group["scores"]), "columns": columns})
+    return sorted(rows, key=lambda r: (r["model"], r["method"] != "base", r["method"], json.dumps(r["options"])))
+
+
+def _fmt(cell) -> str:
+    if cell is None:
+        return "-"
+    mean, std = cell
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
+    alpaca = sorted({c for r in rows for c in r["columns"] if c.startswith("AlpacaEval")})
+    extra = sorted({c for r in rows for c in r["columns"]} - set(alpaca) - set(TASK_COLUMNS))
+    columns = alpaca + TASK_COLUMNS + extra
+    out.mkdir(parents=True, exist_ok=True)
+    header = ["Model", "Method", "Options", "Data", "Seeds"] + columns
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    with (out / "table.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "method", "options", "data", "seeds", "runs", "open_llm_setting"]
+                        + [x for c in columns for x in (c, f"{c} std")])
+        for r in rows:
+            options = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
+            seeds = ",".join(str(s) for s in r["seeds"])
+            cells = [r["columns"].get(c) for c in columns]
+            lines.append("| " + " | ".join([r["model"], r["method"], options, r["data"], seeds] + [_fmt(c) for c in cells]) + " |")
+            writer.writerow([r["model"], r["method"], options, r["data"], seeds, " ".join(r["runs"]),
+                             "/".join(sorted(r["settings"]))]
+                            + [x for c in cells for x in ((f"{c[0]:.4f}", "" if c[1] is None else f"{c[1]:.4f}") if c else ("", ""))])
+    settings = sorted({s for r in rows for s in r["settings"]})
+    note = (f"\nOpen LLM tasks: {', '.join(settings) or 'none evaluated'} (zero_shot is the paper's setting). "
+            "Values in percent; mean ± std over seeds where a configuration ran with several.\n")
+    (out / "table.md").write_text("\n".join(lines) + "\n" + note)
+    return out / "table.md", out / "table.csv"

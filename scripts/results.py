@@ -1,0 +1,21 @@
+"""Collect every run's eval outputs into results/table.md and results/table.csv (aot/results.py)."""
+
+import argparse
+from pathlib import Path
+
+from aot.results import collect, write_table
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--outputs", default="outputs", help="folder of run directories")
+    p.add_argument("--out", default="results", help="where table.md and table.csv go")
+    a = p.parse_args()
+    rows = collect(Path(a.outputs))
+    md, csv_path = write_table(rows, Path(a.out))
+    print(md.read_text())
+    print(f"wrote {md} and {csv_path} ({len(rows)} rows)")
+
+
+if __name__ == "__main__":
+    main()

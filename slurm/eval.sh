@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Evaluate one run on one GPU: AlpacaEval generation + judging, then the Open LLM tasks.
+#
+#   sbatch slurm/eval.sh RUN=outputs/merlinite-aot_unpaired-ultrafeedback [JUDGE=llama3-70b] [JUDGE_URL=...]
+#   DRY_RUN=1 bash slurm/eval.sh RUN=outputs/...            # print the commands, run nothing
+#
+# KEY=VALUE words (or environment variables): RUN (required), JUDGE (default gpt4), JUDGE_URL,
+# ALPACA_SET, LEADERBOARD, TINY, TASKS, BACKEND, SKIP_ALPACA=1, SKIP_OPEN_LLM=1, VENV, MODULES.
+# Keys (OPENAI_API_KEY, JUDGE_API_KEY) come from the environment and are never written out.
+#SBATCH --job-name=aot-eval
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --gpus=1
+#SBATCH --cpus-per-task=16
+#SBATCH --output=slurm-%x-%j.out
+set -euo pipefail
+for word in "$@"; do
+  case "$word" in
+    *=*) export "${word%%=*}=${word#*=}" ;;
+    *) echo "slurm/eval.sh: expected KEY=VALUE, got '$word'" >&2; exit 2 ;;
+  esac
+done
+[ -n "${RUN:-}" ] || { echo "slurm/eval.sh: RUN=<run dir> is required" >&2; exit 2; }
+JUDGE=${JUDGE:-gpt4} MODULES=${MODULES:-}
+REPO=${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+VENV=${VENV:-$REPO/.venv}
+
+ALPACA="python scripts/eval_alpaca.py --run $RUN --judge $JUDGE${JUDGE_URL:+ --judge-url $JUDGE_URL}${ALPACA_SET:+ --alpaca-set $ALPACA_SET}"
+OPEN_LLM="python scripts/eval_open_llm.py --run $RUN${LEADERBOARD:+ --leaderboard}${TINY:+ --tiny}${TASKS:+ --tasks $TASKS}${BACKEND:+ --backend $BACKEND}"
+COMMANDS=()
+[ -n "${SKIP_ALPACA:-}" ] || COMMANDS+=("$ALPACA")
+[ -n "${SKIP_OPEN_LLM:-}" ] || COMMANDS+=("$OPEN_LLM")
+
+if [ -n "${DRY_RUN:-}" ]; then
+  [ -n "$MODULES" ] && echo "module load $MODULES"
+  echo "source $VENV/bin/activate"
+  echo "cd $REPO"
+  for c in "${COMMANDS[@]}"; do echo "$c"; done
+  exit 0
+fi
+[ -n "$MODULES" ] && module load $MODULES
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+cd "$REPO"
+for c in "${COMMANDS[@]}"; do $c; done

@@ -1,0 +1,169 @@
+"""Evaluation: lm-eval on the bundled task, AlpacaEval end to end through alpaca_eval and the
+project's judge configs against a stand-in judge on 127.0.0.1, and the results table."""
+
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+from conftest import REPO, compose
+from standin_judge import StandinJudge
+
+from aot.eval_alpaca import JudgeUnreachable
+from aot.eval_alpaca import evaluate as alpaca
+from aot.eval_open_llm import evaluate as open_llm
+from aot.eval_open_llm import resolve_target, task_plan
+from aot.results import collect, write_table
+from aot.run import train
+
+INSTRUCTIONS = [
+    {"instruction": "What color is snow?", "output": "White.", "generator": "reference", "dataset": "local"},
+    {"instruction": "What sound does a cow make?", "output": "It moos.", "generator": "reference", "dataset": "local"},
+    {"instruction": "Where do bees live?", "output": "Hives.", "generator": "reference", "dataset": "local"},
+]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_path):
+    out = tmp_path_factory.mktemp("outputs") / "tiny-aot_unpaired-sample"
+    train(compose(f"output_dir={out}", "train.max_steps=3", "train.save_steps=1000", "data.max_test_samples=8"))
+    return out
+
+
+@pytest.fixture
+def alpaca_set(tmp_path):
+    path = tmp_path / "alpaca_set.json"
+    path.write_text(json.dumps(INSTRUCTIONS))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_lm_eval_on_the_bundled_task_base_and_lora(tmp_path, lora_run):
+    base = open_llm(model="tiny", batch_size="8", outputs=tmp_path)
+    acc = base["results"]["aot_tiny_qa"]["acc,none"]
+    assert 0.0 <= acc <= 1.0 and base["setting"] == "zero_shot"
+    assert (tmp_path / "tiny-base" / "eval" / "open_llm" / "summary.txt").read_text().startswith("zero_shot: aot_tiny_qa acc=")
+    run = open_llm(run=str(lora_run), batch_size="8")
+    assert run["model_args"]["peft"] == str(lora_run)  # base + adapter
+    assert (lora_run / "eval" / "open_llm" / "results.json").is_file()
+
+
+def test_task_plans(lora_run):
+    target = resolve_target(str(lora_run), None)
+    assert task_plan(target, None, False, False) == [(["aot_tiny_qa"], 0)]
+    real = resolve_target(None, "/some/local/model", outputs="/tmp/aot-plan-test")
+    assert task_plan(real, None, False, False) == [
+        (["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k"], 0)
+    ]
+    leaderboard = dict((s, n) for n, s in task_plan(real, None, True, False))
+    assert leaderboard == {0: ["truthfulqa_mc2"], 5: ["mmlu", "winogrande", "gsm8k"], 10: ["hellaswag"],
+                           25: ["arc_challenge"]}
+    assert task_plan(real, None, False, True)[0][0][0] == "tinyArc"
+    assert task_plan(real, "arc_easy,my_task", False, False) == [(["arc_easy", "my_task"], 0)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("judge,model_name", [("llama3-70b", "meta-llama/Meta-Llama-3-70B-Instruct"),
+                                             ("gpt4", "gpt-4-1106-preview")])
+def test_alpaca_eval_end_to_end_with_a_standin_judge(lora_run, alpaca_set, judge, model_name, capsys, caplog):
+    judge_server = StandinJudge()
+    with judge_server as url:
+        result = alpaca(str(lora_run), judge, alpaca_set, url, max_new_tokens=16)
+        requests = list(judge_server.requests)
+        out = capsys.readouterr().out
+        assert f"win rate: {result['win_rate']:.2f}" in out
+        assert 0 <= result["win_rate"] <= 100 and result["n_total"] == 3
+        assert result["lc_win_rate"] is None and "lc_unavailable" in result  # offline: no GLM inputs
+        assert len(requests) == 3 and all(r["model"] == model_name for r in requests)
+        assert all(bool(r.get("logprobs")) == (judge == "gpt4") for r in requests)
+        board = (lora_run / "eval" / "alpaca" / judge / "leaderboard.csv").read_text()
+        assert lora_run.name in board
+        # A rerun reuses the generations and the cached annotations: no new judge requests.
+        again = alpaca(str(lora_run), judge, alpaca_set, url, max_new_tokens=16)
+        assert again["win_rate"] == result["win_rate"] and len(judge_server.requests) == 3
+        assert "reusing 3 generated outputs" in caplog.text
+    rows = collect(lora_run.parent)
+    md, _ = write_table(rows, lora_run.parent / "results")
+    assert f"AlpacaEval ({judge})" in md.read_text() and "aot_unpaired" in md.read_text()
+
+
+@pytest.mark.slow
+def test_generation_resumes_and_unreachable_judge_keeps_outputs(tmp_path, lora_run, alpaca_set, caplog):
+    from aot.eval_alpaca import GENERATION, generate, load_instruction_set
+
+    records, source = load_instruction_set(alpaca_set)
+    settings = {**GENERATION, "instruction_set": source, "max_new_tokens": 8}
+    path = generate(lora_run, records[:1], settings)  # a different instruction set: its own file
+    assert len(path.read_text().splitlines()) == 1
+    full = generate(lora_run, records, settings)
+    partial = full.read_text().splitlines()[:1]
+    full.write_text("\n".join(partial) + "\n")  # as if interrupted after the first batch row
+    generate(lora_run, records, settings)
+    assert "resuming generation at 1 / 3" in caplog.text and len(full.read_text().splitlines()) == 3
+    with pytest.raises(JudgeUnreachable) as err:
+        alpaca(str(lora_run), "llama3-70b", alpaca_set, "http://127.0.0.1:9/v1", max_new_tokens=8)
+    message = str(err.value)
+    assert "http://127.0.0.1:9/v1" in message and "slurm/serve_judge.sh" in message and "kept in" in message
+    kept = message.rsplit("kept in ", 1)[1].rstrip(".")
+    assert len(open(kept).read().splitlines()) == 3
+
+
+def test_unknown_judge_lists_the_valid_ones(lora_run, alpaca_set):
+    with pytest.raises(ValueError, match="valid: gpt4, llama3-70b"):
+        alpaca(str(lora_run), "claude", alpaca_set)
+
+
+def _fake_run(root, name, seed, loss, scores, judge_rate=None):
+    run = root / name
+    (run / "eval" / "open_llm").mkdir(parents=True)
+    cfg = {"model": {"id": "merlinite", "name_or_path": "ibm/merlinite-7b"}, "seed": seed,
+           "loss": {"name": loss, "beta": 0.01, "penalty": "logistic", "sort": "hard", "ot_batch": "global"},
+           "data": {"name": "ultrafeedback"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    results = {"arc_challenge": {"acc_norm,none": scores[0]}, "gsm8k": {"exact_match,strict-match": scores[1]}}
+    (run / "eval" / "open_llm" / "results.json").write_text(json.dumps({"results": results, "setting": "zero_shot"}))
+    if judge_rate is not None:
+        (run / "eval" / "alpaca" / "gpt4").mkdir(parents=True)
+        (run / "eval" / "alpaca" / "gpt4" / "result.json").write_text(json.dumps({"judge": "gpt4", "win_rate": judge_rate}))
+
+
+def test_results_table_merges_seeds(tmp_path):
+    _fake_run(tmp_path, "a-s1", 1, "aot_unpaired", (0.60, 0.30), 30.0)
+    _fake_run(tmp_path, "a-s2", 2, "aot_unpaired", (0.62, 0.34), 32.0)
+    _fake_run(tmp_path, "dpo", 1, "dpo", (0.55, 0.20), 27.4)
+    (tmp_path / "untouched").mkdir()  # a run without eval outputs is left out
+    rows = collect(tmp_path)
+    assert len(rows) == 2
+    aot = next(r for r in rows if r["method"] == "aot_unpaired")
+    assert aot["seeds"] == [1, 2] and aot["columns"]["ARC"][0] == pytest.approx(61.0)
+    assert aot["columns"]["ARC"][1] == pytest.approx(1.4142, abs=1e-3)  # sample std of 60 and 62
+    md, csv_path = write_table(rows, tmp_path / "results")
+    text = md.read_text()
+    assert "| merlinite | aot_unpaired | beta=0.01, penalty=logistic, sort=hard, ot_batch=global | ultrafeedback | 1,2 | 31.0 ± 1.4 | 61.0 ± 1.4 |" in text
+    assert "| merlinite | dpo | beta=0.01 | ultrafeedback | 1 | 27.4 |" in text
+    header = csv_path.read_text().splitlines()[0]
+    assert header.startswith("model,method,options,data,seeds") and "AlpacaEval (gpt4) std" in header
+
+
+def test_make_results_runs(tmp_path):
+    _fake_run(tmp_path, "a", 1, "aot_paired", (0.5, 0.25))
+    proc = subprocess.run([os.path.join(os.path.dirname(__import__("sys").executable), "python"), "scripts/results.py",
+                           "--outputs", str(tmp_path), "--out", str(tmp_path / "res")], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "res" / "table.csv").is_file() and "aot_paired" in proc.stdout
+
+
+def test_slurm_eval_and_judge_dry_runs():
+    env = {**os.environ, "DRY_RUN": "1"}
+    out = subprocess.run(["bash", "slurm/eval.sh", "RUN=outputs/r", "JUDGE=llama3-70b", "JUDGE_URL=http://n1:8000/v1"],
+                         capture_output=True, text=True, cwd=REPO, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "scripts/eval_alpaca.py --run outputs/r --judge llama3-70b --judge-url http://n1:8000/v1" in out.stdout
+    assert "scripts/eval_open_llm.py --run outputs/r" in out.stdout
+    judge = subprocess.run(["bash", "slurm/serve_judge.sh"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert judge.returncode == 0 and "JUDGE_URL=http://" in judge.stdout
+    assert "--served-model-name meta-llama/Meta-Llama-3-70B-Instruct --tensor-parallel-size 8" in judge.stdout
+    missing = subprocess.run(["bash", "slurm/eval.sh"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert missing.returncode == 2 and "RUN=<run dir> is required" in missing.stderr
