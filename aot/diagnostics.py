@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from aot.losses import aot_loss, fsd_violation
+from aot.losses import aot_loss, fsd_violation, reward_accuracy
 from aot.trainer import row_logps
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -35,12 +35,8 @@ def _quantiles(x: torch.Tensor) -> dict[str, float]:
 def summarise(policy: dict, reference: dict, paired: bool, beta: float, penalty: str) -> dict:
     """Metrics from policy and reference log-probs of one split (as returned by ``split_logps``)."""
     rc, rr = policy["chosen"] - reference["chosen"], policy["rejected"] - reference["rejected"]
-    if paired:
-        accuracy = float((rc > rr).double().mean())
-    else:
-        accuracy = float(torch.searchsorted(torch.sort(rr).values, rc).double().mean() / len(rr))
     metrics = {
-        "reward_accuracy": accuracy,
+        "reward_accuracy": reward_accuracy(rc, rr, paired),
         "reward_margin": float(rc.mean() - rr.mean()),
         "chosen_reward_quantiles": _quantiles(rc),
         "rejected_reward_quantiles": _quantiles(rr),

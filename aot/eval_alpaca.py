@@ -105,18 +105,36 @@ def generate(run_dir: Path, records: list[dict], settings: dict) -> Path:
         for start in range(len(done), len(records), batch):
             chunk = records[start : start + batch]
             prompts = [
-                tokenizer.apply_chat_template([{"role": "user", "content": r["instruction"]}], add_generation_prompt=True,
-                                              tokenize=False)
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": r["instruction"]}],
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
                 for r in chunk
             ]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                model.device
+            )
             with torch.no_grad():
-                ids = model.generate(**enc, max_new_tokens=int(settings["max_new_tokens"]),
-                                     do_sample=bool(settings["do_sample"]), pad_token_id=tokenizer.pad_token_id)
+                ids = model.generate(
+                    **enc,
+                    max_new_tokens=int(settings["max_new_tokens"]),
+                    do_sample=bool(settings["do_sample"]),
+                    pad_token_id=tokenizer.pad_token_id,
+                )
             texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for r, text in zip(chunk, texts):
-                f.write(json.dumps({"instruction": r["instruction"], "output": text.strip(),
-                                    "generator": run_dir.name, "dataset": r.get("dataset", "local")}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "instruction": r["instruction"],
+                            "output": text.strip(),
+                            "generator": run_dir.name,
+                            "dataset": r.get("dataset", "local"),
+                        }
+                    )
+                    + "\n"
+                )
             f.flush()  # each batch survives an interruption
     return path
 
@@ -131,7 +149,9 @@ def judge_config(judge: str) -> tuple[dict, str]:
         valid = sorted(p.name for p in JUDGES.iterdir() if (p / "configs.yaml").is_file())
         raise ValueError(f"unknown judge {judge!r}; valid: {', '.join(valid)} (evaluation/judges/)")
     text = path.read_text()
-    default_url = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("# default_url:")), None)
+    default_url = next(
+        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("# default_url:")), None
+    )
     return yaml.safe_load(text), default_url
 
 
@@ -168,7 +188,9 @@ def check_reachable(url: str, judge: str) -> None:
         ) from None
 
 
-def judge_outputs(run_dir: Path, outputs_path: Path, records: list[dict], judge: str, url: str | None) -> dict:
+def judge_outputs(
+    run_dir: Path, outputs_path: Path, records: list[dict], judge: str, url: str | None
+) -> dict:
     import pandas as pd
     from alpaca_eval.main import evaluate as alpaca_evaluate
 
@@ -176,7 +198,9 @@ def judge_outputs(run_dir: Path, outputs_path: Path, records: list[dict], judge:
     url = url or default_url
     if url:
         check_reachable(url, judge)
-        os.environ.setdefault("OPENAI_API_KEY", os.environ.get("JUDGE_API_KEY", "EMPTY"))  # local servers take any
+        os.environ.setdefault(
+            "OPENAI_API_KEY", os.environ.get("JUDGE_API_KEY", "EMPTY")
+        )  # local servers take any
     elif not os.environ.get("OPENAI_API_KEY"):
         raise JudgeUnreachable(f"judge {judge!r} needs OPENAI_API_KEY in the environment (or JUDGE_URL=...)")
     out_dir = run_dir / "eval" / "alpaca"
@@ -195,8 +219,15 @@ def judge_outputs(run_dir: Path, outputs_path: Path, records: list[dict], judge:
         is_overwrite_leaderboard=True,
     )
     row = leaderboard.loc[run_dir.name].to_dict()
-    result = {"judge": judge, "url": url, "win_rate": float(row["win_rate"]), "standard_error": float(row["standard_error"]),
-              "n_total": int(row["n_total"]), "avg_length": float(row["avg_length"]), "instruction_set": len(records)}
+    result = {
+        "judge": judge,
+        "url": url,
+        "win_rate": float(row["win_rate"]),
+        "standard_error": float(row["standard_error"]),
+        "n_total": int(row["n_total"]),
+        "avg_length": float(row["avg_length"]),
+        "instruction_set": len(records),
+    }
     try:  # the length-controlled win rate fetches instruction difficulties from the hub
         from alpaca_eval.metrics import get_length_controlled_winrate
 
@@ -209,8 +240,13 @@ def judge_outputs(run_dir: Path, outputs_path: Path, records: list[dict], judge:
     return result
 
 
-def evaluate(run: str, judge: str, alpaca_set: str | None = None, judge_url: str | None = None,
-             max_new_tokens: int | None = None) -> dict:
+def evaluate(
+    run: str,
+    judge: str,
+    alpaca_set: str | None = None,
+    judge_url: str | None = None,
+    max_new_tokens: int | None = None,
+) -> dict:
     run_dir = Path(run)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir}/config.yaml: not a run directory (make train writes it)")
@@ -225,6 +261,8 @@ def evaluate(run: str, judge: str, alpaca_set: str | None = None, judge_url: str
     except JudgeUnreachable as e:
         raise JudgeUnreachable(f"{e}\nGenerated outputs are kept in {outputs}.") from None
     lc = f"{result['lc_win_rate']:.2f}" if result["lc_win_rate"] is not None else "unavailable"
-    print(f"{run_dir.name}: judge {judge}, {result['n_total']} instructions, length-controlled win rate: {lc}")
+    print(
+        f"{run_dir.name}: judge {judge}, {result['n_total']} instructions, length-controlled win rate: {lc}"
+    )
     print(f"win rate: {result['win_rate']:.2f}")
     return result

@@ -63,7 +63,9 @@ class Target:
     tiny: bool
 
 
-def resolve_target(run: str | None, model: str | None, dtype: str = "auto", outputs: str | Path = "outputs") -> Target:
+def resolve_target(
+    run: str | None, model: str | None, dtype: str = "auto", outputs: str | Path = "outputs"
+) -> Target:
     """A run directory (LoRA adapter on its base, or a full model), or a recipe name / hub id."""
     if bool(run) == bool(model):
         raise ValueError("give exactly one of RUN=<run dir> or MODEL=<recipe or hub id>")
@@ -78,7 +80,12 @@ def resolve_target(run: str | None, model: str | None, dtype: str = "auto", outp
             args = {"pretrained": base, "peft": str(run_dir)}
         else:
             args = {"pretrained": str(run_dir)}
-        return Target({**args, "dtype": dtype}, run_dir / "eval" / "open_llm", run_dir.name, cfg["model"]["id"] == "tiny")
+        return Target(
+            {**args, "dtype": dtype},
+            run_dir / "eval" / "open_llm",
+            run_dir.name,
+            cfg["model"]["id"] == "tiny",
+        )
     recipe = REPO / "recipes" / "model" / f"{model}.yaml"
     if recipe.is_file():
         model_id, path = model, yaml.safe_load(recipe.read_text())["model"]["name_or_path"]
@@ -100,7 +107,9 @@ def _write_base_config(run_dir: Path, model_id: str, path: str) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def task_plan(target: Target, tasks: str | None, leaderboard: bool, tiny: bool) -> list[tuple[list[str], int]]:
+def task_plan(
+    target: Target, tasks: str | None, leaderboard: bool, tiny: bool
+) -> list[tuple[list[str], int]]:
     """Groups of tasks that share a shot count: [(tasks, num_fewshot), ...]."""
     if tasks:
         names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -120,8 +129,10 @@ def task_plan(target: Target, tasks: str | None, leaderboard: bool, tiny: bool) 
 def summary_line(results: dict) -> str:
     parts = []
     for task, metrics in results.items():
-        key = ALL_TASKS[task].metric if task in ALL_TASKS else next(
-            (k for k in metrics if k.split(",")[0] in ("acc_norm", "acc", "exact_match")), None
+        key = (
+            ALL_TASKS[task].metric
+            if task in ALL_TASKS
+            else next((k for k in metrics if k.split(",")[0] in ("acc_norm", "acc", "exact_match")), None)
         )
         if key and key in metrics:
             parts.append(f"{task} {key.split(',')[0]}={metrics[key]:.4f}")

@@ -278,6 +278,16 @@ def ipo_loss(
 
 
 @torch.no_grad()
+def reward_accuracy(chosen: torch.Tensor, rejected: torch.Tensor, paired: bool) -> float:
+    """Paired: share of pairs where chosen > rejected. Unpaired: probability that a random chosen
+    value beats a random rejected one (over all n x m cross pairs, by sorting). Ties lose."""
+    if paired:
+        return float((chosen > rejected).double().mean())
+    below = torch.searchsorted(torch.sort(rejected).values, chosen, side="left")  # rejected < each chosen
+    return float(below.double().mean() / len(rejected))
+
+
+@torch.no_grad()
 def fsd_violation(u: torch.Tensor, v: torch.Tensor) -> float:
     """Fraction of quantile levels t in (0, 1) where Q_U(t) <= Q_V(t).
 

@@ -31,8 +31,12 @@ def _run_scores(run_dir: Path) -> tuple[dict, dict[str, float], str | None]:
     options = {k: loss[k] for k in LOSS_OPTIONS if k in loss and loss[k] is not None and method != "base"}
     if not method.startswith("aot"):
         options = {k: v for k, v in options.items() if k in ("beta", "label_smoothing")}
-    identity = {"model": cfg["model"]["id"], "method": method, "options": options,
-                "data": (cfg.get("data") or {}).get("name", "-")}
+    identity = {
+        "model": cfg["model"]["id"],
+        "method": method,
+        "options": options,
+        "data": (cfg.get("data") or {}).get("name", "-"),
+    }
     scores, setting = {}, None
     open_llm = run_dir / "eval" / "open_llm" / "results.json"
     if open_llm.is_file():
@@ -75,7 +79,9 @@ def collect(outputs: Path) -> list[dict]:
             values = [s[name] for s in group["scores"] if name in s]
             columns[name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None)
         rows.append({**group, "n": len(group["scores"]), "columns": columns})
-    return sorted(rows, key=lambda r: (r["model"], r["method"] != "base", r["method"], json.dumps(r["options"])))
+    return sorted(
+        rows, key=lambda r: (r["model"], r["method"] != "base", r["method"], json.dumps(r["options"]))
+    )
 
 
 def _fmt(cell) -> str:
@@ -94,18 +100,39 @@ def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     with (out / "table.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "method", "options", "data", "seeds", "runs", "open_llm_setting"]
-                        + [x for c in columns for x in (c, f"{c} std")])
+        writer.writerow(
+            ["model", "method", "options", "data", "seeds", "runs", "open_llm_setting"]
+            + [x for c in columns for x in (c, f"{c} std")]
+        )
         for r in rows:
             options = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
             seeds = ",".join(str(s) for s in r["seeds"])
             cells = [r["columns"].get(c) for c in columns]
-            lines.append("| " + " | ".join([r["model"], r["method"], options, r["data"], seeds] + [_fmt(c) for c in cells]) + " |")
-            writer.writerow([r["model"], r["method"], options, r["data"], seeds, " ".join(r["runs"]),
-                             "/".join(sorted(r["settings"]))]
-                            + [x for c in cells for x in ((f"{c[0]:.4f}", "" if c[1] is None else f"{c[1]:.4f}") if c else ("", ""))])
+            lines.append(
+                "| "
+                + " | ".join([r["model"], r["method"], options, r["data"], seeds] + [_fmt(c) for c in cells])
+                + " |"
+            )
+            writer.writerow(
+                [
+                    r["model"],
+                    r["method"],
+                    options,
+                    r["data"],
+                    seeds,
+                    " ".join(r["runs"]),
+                    "/".join(sorted(r["settings"])),
+                ]
+                + [
+                    x
+                    for c in cells
+                    for x in ((f"{c[0]:.4f}", "" if c[1] is None else f"{c[1]:.4f}") if c else ("", ""))
+                ]
+            )
     settings = sorted({s for r in rows for s in r["settings"]})
-    note = (f"\nOpen LLM tasks: {', '.join(settings) or 'none evaluated'} (zero_shot is the paper's setting). "
-            "Values in percent; mean ± std over seeds where a configuration ran with several.\n")
+    note = (
+        f"\nOpen LLM tasks: {', '.join(settings) or 'none evaluated'} (zero_shot is the paper's setting). "
+        "Values in percent; mean ± std over seeds where a configuration ran with several.\n"
+    )
     (out / "table.md").write_text("\n".join(lines) + "\n" + note)
     return out / "table.md", out / "table.csv"

@@ -47,7 +47,9 @@ def check_config(cfg: DictConfig) -> None:
             + (" and is not available for kto" if method == "kto" else "")
         )
     if method == "kto" and cfg.train.precompute_ref:
-        raise ConfigError("train.precompute_ref is for our trainer; kto runs on TRL's KTOTrainer (not supported)")
+        raise ConfigError(
+            "train.precompute_ref is for our trainer; kto runs on TRL's KTOTrainer (not supported)"
+        )
     if method in PAIRED_ONLY and cfg.data.source == "sample" and cfg.data.view == "unpaired":
         raise ConfigError(
             f"loss={method} needs paired rows; data.view=unpaired has none (use aot_unpaired or kto)"

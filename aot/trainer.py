@@ -42,7 +42,7 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 
 from aot.data import Split
-from aot.losses import LOSSES, PAIRED_ONLY, fsd_violation, gather_global
+from aot.losses import LOSSES, PAIRED_ONLY, fsd_violation, gather_global, reward_accuracy
 
 # --- tokenisation ------------------------------------------------------------------------------
 
@@ -223,15 +223,11 @@ def reward_stats(rewards, is_chosen, paired: bool, beta: float, u=None, v=None) 
     rc, rr = beta * rewards[is_chosen].double().cpu(), beta * rewards[~is_chosen].double().cpu()
     stats = {}
     if len(rc) and len(rr):
-        if paired:
-            accuracy = (rc > rr).double().mean()
-        else:  # probability that a random chosen row out-scores a random rejected row
-            accuracy = torch.searchsorted(torch.sort(rr).values, rc, side="left").double().mean() / len(rr)
         stats.update(
             {
                 "rewards/chosen": rc.mean().item(),
                 "rewards/rejected": rr.mean().item(),
-                "rewards/accuracies": float(accuracy),
+                "rewards/accuracies": reward_accuracy(rc, rr, paired),
                 "rewards/margins": (rc.mean() - rr.mean()).item(),
             }
         )
@@ -245,13 +241,13 @@ def merge_micro_batches(micro: list[dict]) -> dict:
     """One batch from micro-batches (padded to a common width), same row layout rules."""
     width = max(mb["input_ids"].shape[1] for mb in micro)
 
-    def pad(t, value):
-        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+    def cat(key):  # right-pad with zeros: masked out by attention_mask and completion_mask
+        return torch.cat([torch.nn.functional.pad(mb[key], (0, width - mb[key].shape[1])) for mb in micro])
 
     out = {
-        "input_ids": torch.cat([pad(mb["input_ids"], 0) for mb in micro]),
-        "attention_mask": torch.cat([pad(mb["attention_mask"], 0) for mb in micro]),
-        "completion_mask": torch.cat([pad(mb["completion_mask"], 0) for mb in micro]),
+        "input_ids": cat("input_ids"),
+        "attention_mask": cat("attention_mask"),
+        "completion_mask": cat("completion_mask"),
         "is_chosen": torch.cat([mb["is_chosen"] for mb in micro]),
         "paired": micro[0]["paired"],
     }

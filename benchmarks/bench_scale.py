@@ -45,8 +45,14 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int) -> di
     from aot.trainer import PreferenceCollator, tokenize_split
 
     steps = 1 + max(2, samples // n)
-    overrides = ["model=tiny", "loss=aot_unpaired", f"output_dir={tempfile.mkdtemp()}", f"train.max_steps={steps}",
-                 "train.logging_steps=100000", f"train.precompute_ref={str(precompute).lower()}"]
+    overrides = [
+        "model=tiny",
+        "loss=aot_unpaired",
+        f"output_dir={tempfile.mkdtemp()}",
+        f"train.max_steps={steps}",
+        "train.logging_steps=100000",
+        f"train.precompute_ref={str(precompute).lower()}",
+    ]
     if mode == "two_pass":
         overrides += [f"train.per_device_train_batch_size={micro}", f"loss.ot_batch_size={n}"]
     else:
@@ -61,7 +67,9 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int) -> di
     features, _ = tokenize_split(split, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
     policy, reference = load_models(cfg, path)
     if precompute:
-        attach_ref_logps(cfg, path, policy, reference, features, PreferenceCollator(tokenizer.pad_token_id), args)
+        attach_ref_logps(
+            cfg, path, policy, reference, features, PreferenceCollator(tokenizer.pad_token_id), args
+        )
     trainer = make_trainer(cfg, args, policy, reference, tokenizer, split, features)
 
     class Clock(TrainerCallback):
@@ -81,11 +89,22 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int) -> di
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     timed = clock.times[1:]
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"mode": mode, "ot_batch": n, "micro_batch": micro if mode == "two_pass" else n,
-            "precompute_ref": precompute, "timed_steps": len(timed),
-            "ms_per_sample": 1e3 * sum(timed) / (len(timed) * n), "ms_per_step": 1e3 * sum(timed) / len(timed),
-            "peak_mb": peak / 2**20, "peak_kind": "cuda_max_allocated" if cuda else "cpu_rss_above_start"}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    )
+    return {
+        "mode": mode,
+        "ot_batch": n,
+        "micro_batch": micro if mode == "two_pass" else n,
+        "precompute_ref": precompute,
+        "timed_steps": len(timed),
+        "ms_per_sample": 1e3 * sum(timed) / (len(timed) * n),
+        "ms_per_step": 1e3 * sum(timed) / len(timed),
+        "peak_mb": peak / 2**20,
+        "peak_kind": "cuda_max_allocated" if cuda else "cpu_rss_above_start",
+    }
 
 
 def child(mode: str, n: int, samples: int, precompute: bool, micro: int = 8, memory: bool = False) -> dict:
@@ -96,16 +115,19 @@ def child(mode: str, n: int, samples: int, precompute: bool, micro: int = 8, mem
         # RSS follows the peak of live tensors rather than the allocator's high-water mark. It
         # slows the run, so times come from a separate run without it.
         env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_ARENA_MAX="2")
-    proc = subprocess.run(cmd, env=env,
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         sys.exit(f"{mode} {n} failed:\n{proc.stderr[-4000:]}")
     return json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=1024, help="rows timed per configuration (at least 2 steps)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--samples", type=int, default=1024, help="rows timed per configuration (at least 2 steps)"
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale.json"))
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -133,26 +155,39 @@ def main() -> None:
         runs = [child("plain", batch, args.samples, p) for p in (False, True, False, True)]
         live = min(r["ms_per_step"] for r in runs if not r["precompute_ref"])
         pre = min(r["ms_per_step"] for r in runs if r["precompute_ref"])
-        precompute[str(batch)] = {"ms_per_step_live_ref": live, "ms_per_step_precomputed": pre, "speedup": live / pre}
+        precompute[str(batch)] = {
+            "ms_per_step_live_ref": live,
+            "ms_per_step_precomputed": pre,
+            "speedup": live / pre,
+        }
     import platform
 
     import torch
 
     result = {
-        "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        },
         "rows": rows,
         "precompute": precompute,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'mode':<9} {'OT':>5} {'micro':>5} {'ms/sample':>10} {'x plain':>8} {'peak MB':>9} {'x micro':>8}")
+    print(
+        f"{'mode':<9} {'OT':>5} {'micro':>5} {'ms/sample':>10} {'x plain':>8} {'peak MB':>9} {'x micro':>8}"
+    )
     for r in rows:
-        print(f"{r['mode']:<9} {r['ot_batch']:>5} {r['micro_batch']:>5} {r['ms_per_sample']:>10.3f} "
-              f"{r['time_vs_plain_same_size']:>8.2f} {r['peak_mb']:>9.1f} {r['peak_vs_micro']:>8.2f}")
+        print(
+            f"{r['mode']:<9} {r['ot_batch']:>5} {r['micro_batch']:>5} {r['ms_per_sample']:>10.3f} "
+            f"{r['time_vs_plain_same_size']:>8.2f} {r['peak_mb']:>9.1f} {r['peak_vs_micro']:>8.2f}"
+        )
     for batch, p in precompute.items():
-        print(f"precomputed reference, batch {batch}: {p['ms_per_step_live_ref']:.1f} -> "
-              f"{p['ms_per_step_precomputed']:.1f} ms per step ({p['speedup']:.2f}x)")
+        print(
+            f"precomputed reference, batch {batch}: {p['ms_per_step_live_ref']:.1f} -> "
+            f"{p['ms_per_step_precomputed']:.1f} ms per step ({p['speedup']:.2f}x)"
+        )
     print(f"wrote {args.out}")
 
 

@@ -16,7 +16,8 @@ RESULTS = REPO / "benchmarks" / "results"
 def loss_table(d: dict) -> str:
     m = d["machine"]
     rows = "\n".join(
-        f"| {r['case']} | {r['n']} | {r['ms']:.3f} | {r['vs_trl_inline']:.2f} | {r['ns_per_nlogn']:.1f} |" for r in d["rows"]
+        f"| {r['case']} | {r['n']} | {r['ms']:.3f} | {r['vs_trl_inline']:.2f} | {r['ns_per_nlogn']:.1f} |"
+        for r in d["rows"]
     )
     return (
         f"Machine: {m['processor']}, {m['cpus']} CPUs, torch {m['torch']} ({m['torch_threads']} threads).\n\n"
@@ -50,7 +51,8 @@ def scale_table(d: dict) -> str:
         f"Machine: {d['machine']['platform']} ({d['machine']['device']}); memory: {d['rows'][0]['peak_kind']}.\n\n"
         "| step | OT batch | micro-batch | ms / sample | x plain same size | peak MB | x micro-batch run |\n"
         "|---|---:|---:|---:|---:|---:|---:|\n" + rows + "\n\n"
-        "| LoRA step, batch | ms, reference each step | ms, precomputed | speed-up |\n|---:|---:|---:|---:|\n" + pre
+        "| LoRA step, batch | ms, reference each step | ms, precomputed | speed-up |\n|---:|---:|---:|---:|\n"
+        + pre
     )
 
 

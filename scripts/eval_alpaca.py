@@ -1,6 +1,6 @@
 """AlpacaEval for a run: generation with its chat template, then a judge (aot/eval_alpaca.py).
 
-    python scripts/eval_alpaca.py --run outputs/tiny-aot_unpaired-sample --judge llama3-70b
+python scripts/eval_alpaca.py --run outputs/tiny-aot_unpaired-sample --judge llama3-70b
 """
 
 import argparse
@@ -15,9 +15,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a run directory written by make train")
     p.add_argument("--judge", default="gpt4", help="a folder of evaluation/judges/ (gpt4, llama3-70b)")
-    p.add_argument("--alpaca-set", default=os.environ.get("ALPACA_SET") or None,
-                   help="local JSON of {instruction, output, generator, dataset} records (default: the hub file)")
-    p.add_argument("--judge-url", default=os.environ.get("JUDGE_URL") or None, help="OpenAI-compatible endpoint")
+    p.add_argument(
+        "--alpaca-set",
+        default=os.environ.get("ALPACA_SET") or None,
+        help="local JSON of {instruction, output, generator, dataset} records (default: the hub file)",
+    )
+    p.add_argument(
+        "--judge-url", default=os.environ.get("JUDGE_URL") or None, help="OpenAI-compatible endpoint"
+    )
     p.add_argument("--max-new-tokens", type=int, help="generation length (default 2048)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -1,7 +1,7 @@
 """Open LLM tasks with lm-eval for a run or a base model (logic in aot/eval_open_llm.py).
 
-    python scripts/eval_open_llm.py --run outputs/tiny-aot_unpaired-sample
-    python scripts/eval_open_llm.py --model merlinite --leaderboard
+python scripts/eval_open_llm.py --run outputs/tiny-aot_unpaired-sample
+python scripts/eval_open_llm.py --model merlinite --leaderboard
 """
 
 import argparse
@@ -16,7 +16,9 @@ def main() -> None:
     p.add_argument("--model", help="a model recipe name (recipes/model/) or a hub id / local path")
     p.add_argument("--tasks", help="comma-separated lm-eval tasks (default: the six Open LLM tasks)")
     p.add_argument("--include-path", help="a folder of custom lm-eval task YAMLs")
-    p.add_argument("--leaderboard", action="store_true", help="Open LLM Leaderboard v1 shot counts instead of 0-shot")
+    p.add_argument(
+        "--leaderboard", action="store_true", help="Open LLM Leaderboard v1 shot counts instead of 0-shot"
+    )
     p.add_argument("--tiny", action="store_true", help="tinyBenchmarks versions of the tasks")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
     p.add_argument("--batch-size", default="auto")
@@ -24,7 +26,18 @@ def main() -> None:
     p.add_argument("--limit", type=float, help="examples per task (for smoke tests)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    evaluate(a.run, a.model, a.tasks, a.include_path, a.leaderboard, a.tiny, a.backend, a.batch_size, a.device, a.limit)
+    evaluate(
+        a.run,
+        a.model,
+        a.tasks,
+        a.include_path,
+        a.leaderboard,
+        a.tiny,
+        a.backend,
+        a.batch_size,
+        a.device,
+        a.limit,
+    )
 
 
 if __name__ == "__main__":

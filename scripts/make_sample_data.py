@@ -119,7 +119,9 @@ def questions(rng: random.Random) -> list[dict]:
         for x, y in sorted(FACTS[kind].items()):
             choices = [y] + rng.sample([a for a in answers if a != y], 3)
             rng.shuffle(choices)
-            rows.append({"question": QUESTIONS[kind][0].format(x=x), "choices": choices, "label": choices.index(y)})
+            rows.append(
+                {"question": QUESTIONS[kind][0].format(x=x), "choices": choices, "label": choices.index(y)}
+            )
     return rows
 
 

@@ -52,15 +52,36 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("logprobs"):  # GPT-4-turbo weighted annotator: identifiers "m" (first) and "M"
             p = 0.9 if first_wins else 0.1
             message["content"] = "m" if first_wins else "M"
-            top = [{"token": "m", "logprob": math.log(p), "bytes": None},
-                   {"token": "M", "logprob": math.log(1 - p), "bytes": None}]
-            choice["logprobs"] = {"content": [{"token": message["content"], "logprob": top[0 if first_wins else 1]["logprob"],
-                                               "bytes": None, "top_logprobs": top}]}
+            top = [
+                {"token": "m", "logprob": math.log(p), "bytes": None},
+                {"token": "M", "logprob": math.log(1 - p), "bytes": None},
+            ]
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": message["content"],
+                        "logprob": top[0 if first_wins else 1]["logprob"],
+                        "bytes": None,
+                        "top_logprobs": top,
+                    }
+                ]
+            }
         else:  # ranking format of the Llama-3-70B config
             r1, r2 = (1, 2) if first_wins else (2, 1)
-            message["content"] = f"[{{'model': 'model_1', 'rank': {r1}}}, {{'model': 'model_2', 'rank': {r2}}}]"
-        self._send(200, {"id": "standin", "object": "chat.completion", "created": 0, "model": body.get("model", MODEL),
-                         "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+            message["content"] = (
+                f"[{{'model': 'model_1', 'rank': {r1}}}, {{'model': 'model_2', 'rank': {r2}}}]"
+            )
+        self._send(
+            200,
+            {
+                "id": "standin",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", MODEL),
+                "choices": [choice],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+        )
 
 
 class StandinJudge:

@@ -19,7 +19,12 @@ from aot.run import train
 
 INSTRUCTIONS = [
     {"instruction": "What color is snow?", "output": "White.", "generator": "reference", "dataset": "local"},
-    {"instruction": "What sound does a cow make?", "output": "It moos.", "generator": "reference", "dataset": "local"},
+    {
+        "instruction": "What sound does a cow make?",
+        "output": "It moos.",
+        "generator": "reference",
+        "dataset": "local",
+    },
     {"instruction": "Where do bees live?", "output": "Hives.", "generator": "reference", "dataset": "local"},
 ]
 
@@ -27,7 +32,9 @@ INSTRUCTIONS = [
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_path):
     out = tmp_path_factory.mktemp("outputs") / "tiny-aot_unpaired-sample"
-    train(compose(f"output_dir={out}", "train.max_steps=3", "train.save_steps=1000", "data.max_test_samples=8"))
+    train(
+        compose(f"output_dir={out}", "train.max_steps=3", "train.save_steps=1000", "data.max_test_samples=8")
+    )
     return out
 
 
@@ -43,7 +50,11 @@ def test_lm_eval_on_the_bundled_task_base_and_lora(tmp_path, lora_run):
     base = open_llm(model="tiny", batch_size="8", outputs=tmp_path)
     acc = base["results"]["aot_tiny_qa"]["acc,none"]
     assert 0.0 <= acc <= 1.0 and base["setting"] == "zero_shot"
-    assert (tmp_path / "tiny-base" / "eval" / "open_llm" / "summary.txt").read_text().startswith("zero_shot: aot_tiny_qa acc=")
+    assert (
+        (tmp_path / "tiny-base" / "eval" / "open_llm" / "summary.txt")
+        .read_text()
+        .startswith("zero_shot: aot_tiny_qa acc=")
+    )
     run = open_llm(run=str(lora_run), batch_size="8")
     assert run["model_args"]["peft"] == str(lora_run)  # base + adapter
     assert (lora_run / "eval" / "open_llm" / "results.json").is_file()
@@ -57,15 +68,21 @@ def test_task_plans(lora_run):
         (["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k"], 0)
     ]
     leaderboard = dict((s, n) for n, s in task_plan(real, None, True, False))
-    assert leaderboard == {0: ["truthfulqa_mc2"], 5: ["mmlu", "winogrande", "gsm8k"], 10: ["hellaswag"],
-                           25: ["arc_challenge"]}
+    assert leaderboard == {
+        0: ["truthfulqa_mc2"],
+        5: ["mmlu", "winogrande", "gsm8k"],
+        10: ["hellaswag"],
+        25: ["arc_challenge"],
+    }
     assert task_plan(real, None, False, True)[0][0][0] == "tinyArc"
     assert task_plan(real, "arc_easy,my_task", False, False) == [(["arc_easy", "my_task"], 0)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("judge,model_name", [("llama3-70b", "meta-llama/Meta-Llama-3-70B-Instruct"),
-                                             ("gpt4", "gpt-4-1106-preview")])
+@pytest.mark.parametrize(
+    "judge,model_name",
+    [("llama3-70b", "meta-llama/Meta-Llama-3-70B-Instruct"), ("gpt4", "gpt-4-1106-preview")],
+)
 def test_alpaca_eval_end_to_end_with_a_standin_judge(lora_run, alpaca_set, judge, model_name, capsys, caplog):
     judge_server = StandinJudge()
     with judge_server as url:
@@ -117,15 +134,25 @@ def test_unknown_judge_lists_the_valid_ones(lora_run, alpaca_set):
 def _fake_run(root, name, seed, loss, scores, judge_rate=None):
     run = root / name
     (run / "eval" / "open_llm").mkdir(parents=True)
-    cfg = {"model": {"id": "merlinite", "name_or_path": "ibm/merlinite-7b"}, "seed": seed,
-           "loss": {"name": loss, "beta": 0.01, "penalty": "logistic", "sort": "hard", "ot_batch": "global"},
-           "data": {"name": "ultrafeedback"}}
+    cfg = {
+        "model": {"id": "merlinite", "name_or_path": "ibm/merlinite-7b"},
+        "seed": seed,
+        "loss": {"name": loss, "beta": 0.01, "penalty": "logistic", "sort": "hard", "ot_batch": "global"},
+        "data": {"name": "ultrafeedback"},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    results = {"arc_challenge": {"acc_norm,none": scores[0]}, "gsm8k": {"exact_match,strict-match": scores[1]}}
-    (run / "eval" / "open_llm" / "results.json").write_text(json.dumps({"results": results, "setting": "zero_shot"}))
+    results = {
+        "arc_challenge": {"acc_norm,none": scores[0]},
+        "gsm8k": {"exact_match,strict-match": scores[1]},
+    }
+    (run / "eval" / "open_llm" / "results.json").write_text(
+        json.dumps({"results": results, "setting": "zero_shot"})
+    )
     if judge_rate is not None:
         (run / "eval" / "alpaca" / "gpt4").mkdir(parents=True)
-        (run / "eval" / "alpaca" / "gpt4" / "result.json").write_text(json.dumps({"judge": "gpt4", "win_rate": judge_rate}))
+        (run / "eval" / "alpaca" / "gpt4" / "result.json").write_text(
+            json.dumps({"judge": "gpt4", "win_rate": judge_rate})
+        )
 
 
 def test_results_table_merges_seeds(tmp_path):
@@ -140,7 +167,10 @@ def test_results_table_merges_seeds(tmp_path):
     assert aot["columns"]["ARC"][1] == pytest.approx(1.4142, abs=1e-3)  # sample std of 60 and 62
     md, csv_path = write_table(rows, tmp_path / "results")
     text = md.read_text()
-    assert "| merlinite | aot_unpaired | beta=0.01, penalty=logistic, sort=hard, ot_batch=global | ultrafeedback | 1,2 | 31.0 ± 1.4 | 61.0 ± 1.4 |" in text
+    assert (
+        "| merlinite | aot_unpaired | beta=0.01, penalty=logistic, sort=hard, ot_batch=global | ultrafeedback | 1,2 | 31.0 ± 1.4 | 61.0 ± 1.4 |"
+        in text
+    )
     assert "| merlinite | dpo | beta=0.01 | ultrafeedback | 1 | 27.4 |" in text
     header = csv_path.read_text().splitlines()[0]
     assert header.startswith("model,method,options,data,seeds") and "AlpacaEval (gpt4) std" in header
@@ -148,21 +178,41 @@ def test_results_table_merges_seeds(tmp_path):
 
 def test_make_results_runs(tmp_path):
     _fake_run(tmp_path, "a", 1, "aot_paired", (0.5, 0.25))
-    proc = subprocess.run([os.path.join(os.path.dirname(__import__("sys").executable), "python"), "scripts/results.py",
-                           "--outputs", str(tmp_path), "--out", str(tmp_path / "res")], capture_output=True, text=True,
-                          cwd=REPO)
+    proc = subprocess.run(
+        [
+            os.path.join(os.path.dirname(__import__("sys").executable), "python"),
+            "scripts/results.py",
+            "--outputs",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "res"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "res" / "table.csv").is_file() and "aot_paired" in proc.stdout
 
 
 def test_slurm_eval_and_judge_dry_runs():
     env = {**os.environ, "DRY_RUN": "1"}
-    out = subprocess.run(["bash", "slurm/eval.sh", "RUN=outputs/r", "JUDGE=llama3-70b", "JUDGE_URL=http://n1:8000/v1"],
-                         capture_output=True, text=True, cwd=REPO, env=env)
+    out = subprocess.run(
+        ["bash", "slurm/eval.sh", "RUN=outputs/r", "JUDGE=llama3-70b", "JUDGE_URL=http://n1:8000/v1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
-    assert "scripts/eval_alpaca.py --run outputs/r --judge llama3-70b --judge-url http://n1:8000/v1" in out.stdout
+    assert (
+        "scripts/eval_alpaca.py --run outputs/r --judge llama3-70b --judge-url http://n1:8000/v1"
+        in out.stdout
+    )
     assert "scripts/eval_open_llm.py --run outputs/r" in out.stdout
-    judge = subprocess.run(["bash", "slurm/serve_judge.sh"], capture_output=True, text=True, cwd=REPO, env=env)
+    judge = subprocess.run(
+        ["bash", "slurm/serve_judge.sh"], capture_output=True, text=True, cwd=REPO, env=env
+    )
     assert judge.returncode == 0 and "JUDGE_URL=http://" in judge.stdout
     assert "--served-model-name meta-llama/Meta-Llama-3-70B-Instruct --tensor-parallel-size 8" in judge.stdout
     missing = subprocess.run(["bash", "slurm/eval.sh"], capture_output=True, text=True, cwd=REPO, env=env)

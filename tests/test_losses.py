@@ -152,3 +152,12 @@ def test_hard_sort_gradient_follows_the_matched_partner():
     # Matches (1,-1), (2,0), (3,5): d/du (1/3)(1-(u-v))^2 = -(2/3)(1-(u-v))
     expected = torch.tensor([-(2 / 3) * (1 - (3 - 5)), -(2 / 3) * (1 - (1 + 1)), -(2 / 3) * (1 - (2 - 0))])
     assert torch.allclose(u.grad, expected)
+
+
+def test_reward_accuracy_paired_and_unpaired_against_brute_force():
+    from aot.losses import reward_accuracy
+
+    assert reward_accuracy(torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.0, 3.0, 0.0]), paired=True) == 1 / 3
+    chosen, rejected = torch.tensor([0.0, 2.0, 2.0, 5.0]), torch.tensor([1.0, 2.0, 3.0])
+    brute = sum(float(c > r) for c in chosen for r in rejected) / (len(chosen) * len(rejected))
+    assert reward_accuracy(chosen, rejected, paired=False) == pytest.approx(brute)  # ties (2 vs 2) lose

@@ -79,8 +79,10 @@ def test_documented_overrides_compose():
         "a.jsonl",
     )
     assert loss_kwargs(cfg) == dict(
-        beta=0.05, penalty="hinge", sort="soft", sort_strength=None, label_smoothing=0.0
+        beta=0.05, penalty="hinge", sort="soft", sort_strength=None, label_smoothing=0.0, gather=True
     )
+    assert loss_kwargs(compose("loss=aot_unpaired", "loss.ot_batch=local"))["gather"] is False
+    assert "gather" not in loss_kwargs(compose("loss=dpo"))
 
 
 def test_aot_with_a_per_device_batch_of_one_is_refused(tmp_path):

@@ -139,7 +139,7 @@ def test_make_train_entry_point(tmp_path, tiny_path):
     assert (
         "eval reward accuracy : 0.000 ->" in proc.stdout and "eval FSD violation   : 1.000 ->" in proc.stdout
     )
-    assert "OT batch: 16 values per side" in proc.stdout + proc.stderr
+    assert "OT batch: 16 = 16 per device x 1 rank x 1" in proc.stdout + proc.stderr
 
 
 # --- pieces ------------------------------------------------------------------------------------
@@ -199,3 +199,23 @@ def test_unpaired_summary_against_brute_force():
     assert m["reward_accuracy"] == pytest.approx(sum(pairs) / len(pairs))
     assert "policy_margin_quantiles" not in m
     assert m["chosen_reward_quantiles"]["q50"] == pytest.approx(float(policy["chosen"].median()))
+
+
+def test_merged_micro_batches_give_the_same_logps(tiny_path):
+    from transformers import AutoModelForCausalLM
+
+    from aot.trainer import merge_micro_batches
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    features = [
+        {"prompt_ids": [1, 4, 50 + i, 2, 5], "chosen_ids": [70, 2] * (1 + i % 3), "rejected_ids": [99, 2]}
+        for i in range(6)
+    ]
+    micro = PreferenceCollator(pad_token_id=0, micro_batch_size=2)(features)["micro_batches"]
+    assert len(micro) == 3
+    merged = merge_micro_batches(micro)
+    with torch.no_grad():
+        separate = torch.cat([sequence_logps(model, mb)[0] for mb in micro])
+        together = sequence_logps(model, merged)[0]
+    assert torch.allclose(separate, together, atol=1e-4)
+    assert merged["is_chosen"].tolist() == [True, True, False, False] * 3
