@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -219,8 +220,12 @@ def judge_outputs(
         is_overwrite_leaderboard=True,
     )
     row = leaderboard.loc[run_dir.name].to_dict()
+    # A judge config sent to another endpoint is labelled with it, so tables never pass off
+    # another server's verdicts (a stand-in's, say) as the named judge's.
+    label = judge if url == default_url else f"{judge} @ {urllib.parse.urlparse(url).netloc}"
     result = {
         "judge": judge,
+        "judge_label": label,
         "url": url,
         "win_rate": float(row["win_rate"]),
         "standard_error": float(row["standard_error"]),

@@ -48,9 +48,10 @@ def _run_scores(run_dir: Path) -> tuple[dict, dict[str, float], str | None]:
                 scores[spec.column] = 100 * float(metrics[spec.metric])
     for result in sorted((run_dir / "eval" / "alpaca").glob("*/result.json")):
         r = json.loads(result.read_text())
-        scores[f"AlpacaEval ({r['judge']})"] = float(r["win_rate"])
+        label = r.get("judge_label", r["judge"])
+        scores[f"AlpacaEval ({label})"] = float(r["win_rate"])
         if r.get("lc_win_rate") is not None:
-            scores[f"AlpacaEval LC ({r['judge']})"] = float(r["lc_win_rate"])
+            scores[f"AlpacaEval LC ({label})"] = float(r["lc_win_rate"])
     return identity, scores, setting
 
 
@@ -106,7 +107,7 @@ def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
         )
         for r in rows:
             options = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
-            seeds = ",".join(str(s) for s in r["seeds"])
+            seeds = ",".join("-" if s is None else str(s) for s in r["seeds"])
             cells = [r["columns"].get(c) for c in columns]
             lines.append(
                 "| "

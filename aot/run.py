@@ -237,6 +237,8 @@ def train(cfg: DictConfig) -> dict:
     def reference_ctx():
         return reference_of(policy, reference)
 
+    # "Before" is measured, not assumed equal to the reference: a policy that does not start as
+    # its reference (a LoRA init or loading bug) shows up here.
     before, ref_logps = _diagnose(
         policy, reference_ctx, test_features, collator, t.per_device_eval_batch_size
     )

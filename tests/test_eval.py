@@ -102,7 +102,8 @@ def test_alpaca_eval_end_to_end_with_a_standin_judge(lora_run, alpaca_set, judge
         assert "reusing 3 generated outputs" in caplog.text
     rows = collect(lora_run.parent)
     md, _ = write_table(rows, lora_run.parent / "results")
-    assert f"AlpacaEval ({judge})" in md.read_text() and "aot_unpaired" in md.read_text()
+    # Judged by the stand-in, not the named judge's default endpoint: the column says so.
+    assert f"AlpacaEval ({judge} @ 127.0.0.1:" in md.read_text() and "aot_unpaired" in md.read_text()
 
 
 @pytest.mark.slow
