@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 log = logging.getLogger("aot")
@@ -28,7 +29,7 @@ def find_checkpoint(output_dir: str | Path) -> str | None:
 
 
 class StopOnSignal(TrainerCallback):
-    """On SIGTERM or SIGUSR1: finish the current step, save a checkpoint, stop training."""
+    """On SIGTERM or SIGUSR1 (to any rank): finish the current step, save a checkpoint, stop."""
 
     def __init__(self):
         self.requested, self.stopped_at, self._previous = False, None, {}
@@ -42,7 +43,14 @@ class StopOnSignal(TrainerCallback):
             self._previous[sig] = signal.signal(sig, self._handler)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        requested = self.requested
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Every rank must stop (and join the checkpoint's collectives) at the same step, even
+            # when the signal reached them on either side of a step boundary.
+            flag = torch.tensor([float(requested)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if requested:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step

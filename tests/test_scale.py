@@ -275,3 +275,45 @@ def test_launch_configs_parse(name):
     if name == "fsdp":
         assert raw["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
         assert raw["fsdp_config"]["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_path):
+    import psutil
+
+    out = tmp_path / "run"
+    args = [
+        f"output_dir={out}",
+        "train.max_steps=60",
+        "train.save_steps=5",
+        "train.per_device_train_batch_size=8",
+        "data.max_test_samples=8",
+    ]
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "accelerate"),
+        "launch",
+        "--config_file",
+        os.path.join(REPO, "configs", "accelerate", "cpu.yaml"),
+        "scripts/train.py",
+        *args,
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-5" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    workers = [
+        c
+        for c in psutil.Process(proc.pid).children(recursive=True)
+        if "scripts/train.py" in " ".join(c.cmdline())
+    ]
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGTERM)  # rank 1 only
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-2000:]  # no rank hung or died: both stopped at one step
+    step = int(log.split("stopped by signal at step ")[1].split()[0])
+    assert (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    again = launch(*args, nproc=2)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from {out / f'checkpoint-{step}'}" in again.stdout + again.stderr
+    assert (out / "adapter_model.safetensors").is_file()
