@@ -10,6 +10,7 @@ import inspect
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,17 @@ class ConfigError(ValueError):
 
 
 # --- config -> objects (nothing loaded) --------------------------------------------------------
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The run config exactly as scripts/train.py composes it (for tests and benchmarks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -180,6 +192,39 @@ def load_models(cfg: DictConfig, path: str):
 # --- the run -------------------------------------------------------------------------------------
 
 
+@dataclass
+class Prepared:
+    """Everything a run trains with: the resolved model path, tokenizer, policy, reference,
+    tokenised train rows (with their truncation counts) and the trainer."""
+
+    path: str
+    tokenizer: object
+    policy: object
+    reference: object
+    features: list[dict]
+    truncated: dict
+    trainer: object
+
+
+def prepare(cfg: DictConfig, args, train_split) -> Prepared:
+    """Load the model, tokenise the train split, build the trainer (and attach precomputed
+    reference log-probs when train.precompute_ref is set)."""
+    from aot.trainer import PreferenceCollator, tokenize_split
+
+    with args.main_process_first(desc="model files"):  # the tiny model is built once, by rank 0
+        path = model_path(cfg)
+    tokenizer = load_tokenizer(cfg, path)
+    policy, reference = load_models(cfg, path)
+    t = cfg.train
+    features, truncated = tokenize_split(train_split, tokenizer, t.max_length, t.max_prompt_length)
+    trainer = make_trainer(cfg, args, policy, reference, tokenizer, train_split, features)
+    if t.precompute_ref:
+        attach_ref_logps(
+            cfg, path, policy, reference, features, PreferenceCollator(tokenizer.pad_token_id), args
+        )
+    return Prepared(path, tokenizer, policy, reference, features, truncated, trainer)
+
+
 def _diagnose(model, reference_ctx, features, collator, batch_size, ref_logps=None):
     from aot.diagnostics import split_logps
 
@@ -211,17 +256,21 @@ def train(cfg: DictConfig) -> dict:
     for split in (train_split, test_split):
         log.info("data %s", split.summary())
 
-    with args.main_process_first(desc="model files"):  # the tiny model is built once, by rank 0
-        path = model_path(cfg)
-    tokenizer = load_tokenizer(cfg, path)
-    policy, reference = load_models(cfg, path)
+    run = prepare(cfg, args, train_split)
+    path, tokenizer, policy, reference, trainer = (
+        run.path,
+        run.tokenizer,
+        run.policy,
+        run.reference,
+        run.trainer,
+    )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["model"]["name_or_path"] = path
     if main:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
 
     t = cfg.train
-    train_features, train_trunc = tokenize_split(train_split, tokenizer, t.max_length, t.max_prompt_length)
+    train_trunc = run.truncated
     test_features, test_trunc = tokenize_split(test_split, tokenizer, t.max_length, t.max_prompt_length)
     for name, counts in (("train", train_trunc), ("test", test_trunc)):
         if any(counts.values()):
@@ -243,11 +292,8 @@ def train(cfg: DictConfig) -> dict:
         policy, reference_ctx, test_features, collator, t.per_device_eval_batch_size
     )
 
-    trainer = make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_features)
     if method.startswith("aot"):
         log.info(ot_batch_line(cfg, args.world_size))
-    if t.precompute_ref:
-        attach_ref_logps(cfg, path, policy, reference, train_features, collator, args)
     resume = find_checkpoint(out) if t.resume == "auto" else (None if t.resume == "never" else t.resume)
     if resume:
         log.info("resuming from %s", resume)

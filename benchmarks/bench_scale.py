@@ -36,13 +36,10 @@ def _rss_bytes() -> int:
 
 def measure(mode: str, n: int, samples: int, precompute: bool, micro: int) -> dict:
     import torch
-    from hydra import compose, initialize_config_dir
     from transformers import TrainerCallback
 
     from aot.data import load_split
-    from aot.run import build_training_args, load_models, load_tokenizer, make_trainer, model_path
-    from aot.runtime import attach_ref_logps
-    from aot.trainer import PreferenceCollator, tokenize_split
+    from aot.run import build_training_args, compose, prepare
 
     steps = 1 + max(2, samples // n)
     overrides = [
@@ -57,20 +54,10 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int) -> di
         overrides += [f"train.per_device_train_batch_size={micro}", f"loss.ot_batch_size={n}"]
     else:
         overrides += [f"train.per_device_train_batch_size={n}"]
-    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(*overrides)
     args = build_training_args(cfg)
     args.save_strategy, args.dataloader_drop_last = "no", True
-    path = model_path(cfg)
-    tokenizer = load_tokenizer(cfg, path)
-    split = load_split(cfg.data, "train")
-    features, _ = tokenize_split(split, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
-    policy, reference = load_models(cfg, path)
-    if precompute:
-        attach_ref_logps(
-            cfg, path, policy, reference, features, PreferenceCollator(tokenizer.pad_token_id), args
-        )
-    trainer = make_trainer(cfg, args, policy, reference, tokenizer, split, features)
+    trainer = prepare(cfg, args, load_split(cfg.data, "train")).trainer
 
     class Clock(TrainerCallback):
         times: list = []

@@ -25,43 +25,30 @@ REPO = Path(__file__).resolve().parents[1]
 BATCH = 16
 
 
-def _cfg(steps: int, out: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                "model=tiny",
-                "loss=aot_unpaired",
-                "data=sample",
-                f"output_dir={out}",
-                f"train.max_steps={steps}",
-                f"train.per_device_train_batch_size={BATCH}",
-                "train.logging_steps=1000",
-            ],
-        )
-
-
 def measure(side: str, steps: int) -> dict:
     import torch
 
     from aot.data import load_split
-    from aot.run import build_training_args, load_models, load_tokenizer, make_trainer, model_path
-    from aot.trainer import tokenize_split
+    from aot.run import build_training_args, compose, load_tokenizer, model_path, prepare
 
     out = tempfile.mkdtemp()
-    cfg = _cfg(steps, out)
-    path = model_path(cfg)
-    tokenizer = load_tokenizer(cfg, path)
+    cfg = compose(
+        "model=tiny",
+        "loss=aot_unpaired",
+        "data=sample",
+        f"output_dir={out}",
+        f"train.max_steps={steps}",
+        f"train.per_device_train_batch_size={BATCH}",
+        "train.logging_steps=1000",
+    )
     split = load_split(cfg.data, "train")
     if side == "ours":
         args = build_training_args(cfg, out)
         args.save_strategy = "no"
-        policy, reference = load_models(cfg, path)
-        features, _ = tokenize_split(split, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
-        trainer = make_trainer(cfg, args, policy, reference, tokenizer, split, features)
+        trainer = prepare(cfg, args, split).trainer
     else:
+        path = model_path(cfg)
+        tokenizer = load_tokenizer(cfg, path)
         import datasets
         from peft import LoraConfig
         from transformers import AutoModelForCausalLM

@@ -11,16 +11,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = os.path.join(REPO, "recipes")
 
-
-def compose(*overrides):
-    """The run config exactly as scripts/train.py composes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=RECIPES, version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
+from aot.run import RECIPES, compose  # noqa: E402,F401  (tests import them from here)
 
 
 @pytest.fixture(scope="session")
