@@ -13,8 +13,9 @@ DATA ?= sample
 ARGS ?=
 ACCEL ?=
 NPROC ?=
-# ACCEL=<fsdp|deepspeed_zero3|ddp|cpu> launches through accelerate with configs/accelerate/$(ACCEL).yaml
-LAUNCH = $(if $(ACCEL),$(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
+# ACCEL=<fsdp|deepspeed_zero3|ddp|cpu|fsdp_cpu|deepspeed_zero3_cpu> launches through accelerate with
+# configs/accelerate/$(ACCEL).yaml; the *_cpu configs shard for real on CPU processes (AOT_SHARD_ON_CPU=1).
+LAUNCH = $(if $(ACCEL),$(if $(filter %_cpu,$(ACCEL)),AOT_SHARD_ON_CPU=1 OMP_NUM_THREADS=1) $(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
 .PHONY: install train test lint bench-loss bench-train bench-scale eval-open-llm eval-alpaca results
 

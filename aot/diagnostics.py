@@ -12,19 +12,30 @@ from __future__ import annotations
 import torch
 
 from aot.losses import aot_loss, fsd_violation, reward_accuracy
-from aot.trainer import row_logps
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 
 
-def split_logps(model, features: list[dict], collator, batch_size: int, device) -> dict[str, torch.Tensor]:
-    """Completion log-probs of every sequence of the split: {"chosen": (n,), "rejected": (m,)}."""
-    model.eval()
-    rows = row_logps(model, features, collator, batch_size, device).double()
+def split_rows(rows: torch.Tensor, features: list[dict]) -> dict[str, torch.Tensor]:
+    """Per-row log-probs (N, 2) [chosen, rejected] or (N, 1) split into
+    {"chosen": (n,), "rejected": (m,)} (unpaired rows by their labels)."""
+    rows = rows.double()
     if rows.shape[1] == 2:
         return {"chosen": rows[:, 0], "rejected": rows[:, 1]}
     labels = torch.tensor([f["label"] for f in features])
     return {"chosen": rows[labels, 0], "rejected": rows[~labels, 0]}
+
+
+def measure(trainer, features: list[dict], collator, batch_size: int, reference: bool = True) -> dict:
+    """Policy (and, if ``reference``, reference) log-probs of a split through the trainer's
+    prepared model, rows sharded across ranks: {"policy": ..., "reference": ...} as ``split_rows``."""
+    from aot.distributed import prepared_row_logps
+
+    out = {"policy": split_rows(prepared_row_logps(trainer, features, collator, batch_size), features)}
+    if reference:
+        rows = prepared_row_logps(trainer, features, collator, batch_size, reference=True)
+        out["reference"] = split_rows(rows, features)
+    return out
 
 
 def _quantiles(x: torch.Tensor) -> dict[str, float]:
@@ -33,7 +44,7 @@ def _quantiles(x: torch.Tensor) -> dict[str, float]:
 
 
 def summarise(policy: dict, reference: dict, paired: bool, beta: float, penalty: str) -> dict:
-    """Metrics from policy and reference log-probs of one split (as returned by ``split_logps``)."""
+    """Metrics from policy and reference log-probs of one split (as returned by ``split_rows``)."""
     rc, rr = policy["chosen"] - reference["chosen"], policy["rejected"] - reference["rejected"]
     metrics = {
         "reward_accuracy": reward_accuracy(rc, rr, paired),

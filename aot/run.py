@@ -1,12 +1,12 @@
 """One training run from a composed config: build, measure, train, measure again, save.
 
-``scripts/train.py`` (a Hydra app) calls ``train(cfg)``; tests call ``build_training_args``
-to check that every recipe combination yields a valid trainer config without loading anything.
+``scripts/train.py`` (a Hydra app) calls ``train(cfg)``; config handling (composing,
+validation, ``TrainingArguments``) is in ``aot.config``, sharding and the distributed backends in
+``aot.distributed``, preemption/resume/precompute in ``aot.runtime``.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
@@ -16,125 +16,18 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from aot.config import (  # noqa: F401 (compose, build_training_args re-exported for tests and benchmarks)
+    ConfigError,
+    build_training_args,
+    compose,
+    loss_kwargs,
+    ot_batch_line,
+)
 from aot.data import load_split, unpair
-from aot.losses import LOSSES, PAIRED_ONLY
+from aot.losses import PAIRED_ONLY
 from aot.runtime import StopOnSignal, attach_ref_logps, find_checkpoint
 
 log = logging.getLogger("aot")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run, caught before anything is loaded."""
-
-
-# --- config -> objects (nothing loaded) --------------------------------------------------------
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def compose(*overrides: str) -> DictConfig:
-    """The run config exactly as scripts/train.py composes it (for tests and benchmarks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
-
-
-def check_config(cfg: DictConfig) -> None:
-    method = cfg.loss.name
-    if method not in LOSSES:
-        raise ConfigError(f"unknown loss {method!r}; valid: {', '.join(LOSSES)}")
-    if method.startswith("aot") and cfg.train.per_device_train_batch_size < 2:
-        raise ConfigError(
-            f"loss={method} with train.per_device_train_batch_size=1 sorts a single value per side, "
-            "so AOT reduces to a per-pair loss; use a per-device batch of at least 2"
-        )
-    if cfg.loss.ot_batch not in ("global", "local"):
-        raise ConfigError(f"loss.ot_batch must be global or local, got {cfg.loss.ot_batch!r}")
-    size, micro = cfg.loss.ot_batch_size, cfg.train.per_device_train_batch_size
-    if size is not None and (method == "kto" or size < micro or size % micro):
-        raise ConfigError(
-            f"loss.ot_batch_size={size} must be a multiple of train.per_device_train_batch_size={micro}"
-            + (" and is not available for kto" if method == "kto" else "")
-        )
-    if method == "kto" and cfg.train.precompute_ref:
-        raise ConfigError(
-            "train.precompute_ref is for our trainer; kto runs on TRL's KTOTrainer (not supported)"
-        )
-    if method in PAIRED_ONLY and cfg.data.source == "sample" and cfg.data.view == "unpaired":
-        raise ConfigError(
-            f"loss={method} needs paired rows; data.view=unpaired has none (use aot_unpaired or kto)"
-        )
-    if method in PAIRED_ONLY and cfg.data.source in ("helpsteer", "beavertails"):
-        raise ConfigError(
-            f"loss={method} needs paired rows; data={cfg.data.name} is unpaired (use aot_unpaired or kto)"
-        )
-
-
-def use_bf16(cfg: DictConfig) -> bool:
-    bf16 = cfg.train.bf16
-    if bf16 == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(bf16)
-
-
-def build_training_args(cfg: DictConfig, output_dir: str | None = None):
-    """``TrainingArguments`` (``KTOConfig`` for kto) from the ``train`` and ``loss`` sections."""
-    from transformers import TrainingArguments
-
-    check_config(cfg)
-    t = cfg.train
-    common = dict(
-        output_dir=output_dir or cfg.output_dir,
-        seed=cfg.seed,
-        max_steps=t.max_steps,
-        num_train_epochs=t.num_train_epochs,
-        # Two-pass: the dataloader yields ot_batch_size rows, split into micro-batches by the collator.
-        per_device_train_batch_size=cfg.loss.ot_batch_size or t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        optim=t.optim,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        logging_steps=t.logging_steps,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        bf16=use_bf16(cfg),
-        activation_checkpointing=t.gradient_checkpointing,
-        report_to=[] if t.report_to in (None, "none") else t.report_to,
-        use_cpu=not torch.cuda.is_available(),
-        remove_unused_columns=False,
-        disable_tqdm=False,
-    )
-    if cfg.loss.name == "kto":
-        from trl import KTOConfig
-
-        return KTOConfig(
-            **common,
-            beta=cfg.loss.beta,
-            desirable_weight=cfg.loss.desirable_weight,
-            undesirable_weight=cfg.loss.undesirable_weight,
-            max_length=t.max_length,
-            disable_dropout=t.disable_dropout,
-        )
-    return TrainingArguments(**common)
-
-
-def loss_kwargs(cfg: DictConfig) -> dict:
-    """The loss section's values that the method's loss function takes (kto: none of ours)."""
-    from aot.losses import aot_loss
-
-    fn = aot_loss if cfg.loss.name.startswith("aot") else LOSSES[cfg.loss.name]
-    if fn is None:
-        return {}
-    params = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k in params}
-    if "gather" in params:
-        kwargs["gather"] = cfg.loss.ot_batch == "global"
-    return kwargs
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -151,7 +44,7 @@ def model_path(cfg: DictConfig) -> str:
 def load_tokenizer(cfg: DictConfig, path: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, revision=cfg.model.get("revision"))
     if cfg.model.chat_template:
         tok.chat_template = cfg.model.chat_template
     if tok.chat_template is None:
@@ -168,7 +61,11 @@ def load_models(cfg: DictConfig, path: str):
     from transformers import AutoModelForCausalLM, set_seed
 
     set_seed(cfg.seed)  # LoRA's initialisation draws from the RNG: seed it before, not in the Trainer
-    kwargs = dict(dtype=getattr(torch, cfg.model.dtype), attn_implementation=cfg.model.attn_implementation)
+    kwargs = dict(
+        dtype=getattr(torch, cfg.model.dtype),
+        attn_implementation=cfg.model.attn_implementation,
+        revision=cfg.model.get("revision"),
+    )
     policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if cfg.train.disable_dropout:
         for module in policy.modules():
@@ -207,10 +104,12 @@ class Prepared:
 
 
 def prepare(cfg: DictConfig, args, train_split) -> Prepared:
-    """Load the model, tokenise the train split, build the trainer (and attach precomputed
-    reference log-probs when train.precompute_ref is set)."""
-    from aot.trainer import PreferenceCollator, tokenize_split
+    """Load the model, tokenise the train split, build the trainer. With train.precompute_ref the
+    reference log-probs are attached once the trainer has prepared the model (every rank)."""
+    from aot.distributed import steer_cpu_sharding
+    from aot.trainer import AfterPreparation, PreferenceCollator, tokenize_split
 
+    steer_cpu_sharding(args)
     with args.main_process_first(desc="model files"):  # the tiny model is built once, by rank 0
         path = model_path(cfg)
     tokenizer = load_tokenizer(cfg, path)
@@ -219,29 +118,36 @@ def prepare(cfg: DictConfig, args, train_split) -> Prepared:
     features, truncated = tokenize_split(train_split, tokenizer, t.max_length, t.max_prompt_length)
     trainer = make_trainer(cfg, args, policy, reference, tokenizer, train_split, features)
     if t.precompute_ref:
-        attach_ref_logps(
-            cfg, path, policy, reference, features, PreferenceCollator(tokenizer.pad_token_id), args
+        collator = PreferenceCollator(tokenizer.pad_token_id)
+        trainer.add_callback(
+            AfterPreparation(lambda: attach_ref_logps(cfg, path, trainer, features, collator))
         )
     return Prepared(path, tokenizer, policy, reference, features, truncated, trainer)
 
 
-def _diagnose(model, reference_ctx, features, collator, batch_size, ref_logps=None):
-    from aot.diagnostics import split_logps
-
-    device = next(model.parameters()).device
-    policy = split_logps(model, features, collator, batch_size, device)
-    if ref_logps is None:
-        with reference_ctx() as ref:
-            ref_logps = split_logps(ref, features, collator, batch_size, device)
-    return policy, ref_logps
+def _measure_before(trainer, out: Path, resumed: bool, measure_split) -> dict:
+    """Diagnostics of the starting policy and the reference, kept in ``out`` so that a resumed
+    run reports the start of the run, not the checkpoint it resumed from."""
+    saved = out / "eval_before.pt"
+    if resumed and saved.is_file():
+        log.info("diagnostics before training: from %s", saved)
+        return torch.load(saved)
+    measured = measure_split(trainer)
+    if resumed:
+        log.warning("no %s: 'before' diagnostics are measured at the resumed checkpoint", saved)
+    elif trainer.accelerator.is_main_process:
+        torch.save(measured, saved)
+    return measured
 
 
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns what it wrote to metrics.json."""
-    from aot.diagnostics import plot_quantiles, summarise
-    from aot.trainer import PreferenceCollator, reference_of, tokenize_split
+    from aot.diagnostics import measure, plot_quantiles, summarise
+    from aot.distributed import check_launch, describe, parameter_count
+    from aot.trainer import AfterPreparation, PreferenceCollator, tokenize_split
 
     started = time.time()
+    check_launch()
     args = build_training_args(cfg)  # validates the config before anything is loaded
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,15 +163,9 @@ def train(cfg: DictConfig) -> dict:
         log.info("data %s", split.summary())
 
     run = prepare(cfg, args, train_split)
-    path, tokenizer, policy, reference, trainer = (
-        run.path,
-        run.tokenizer,
-        run.policy,
-        run.reference,
-        run.trainer,
-    )
+    tokenizer, trainer = run.tokenizer, run.trainer
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["model"]["name_or_path"] = path
+    resolved["model"]["name_or_path"] = run.path
     if main:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
 
@@ -283,26 +183,32 @@ def train(cfg: DictConfig) -> dict:
             )
     collator = PreferenceCollator(tokenizer.pad_token_id)
 
-    def reference_ctx():
-        return reference_of(policy, reference)
-
-    # "Before" is measured, not assumed equal to the reference: a policy that does not start as
-    # its reference (a LoRA init or loading bug) shows up here.
-    before, ref_logps = _diagnose(
-        policy, reference_ctx, test_features, collator, t.per_device_eval_batch_size
-    )
+    def measure_split(tr, reference=True):
+        return measure(tr, test_features, collator, t.per_device_eval_batch_size, reference)
 
     if method.startswith("aot"):
         log.info(ot_batch_line(cfg, args.world_size))
     resume = find_checkpoint(out) if t.resume == "auto" else (None if t.resume == "never" else t.resume)
     if resume:
         log.info("resuming from %s", resume)
+    total_params = parameter_count(run.policy)
+    seen = {}
+
+    def on_prepared():
+        # Runs on every rank once the Trainer has wrapped/sharded the model: what ran, then
+        # "before" diagnostics (measured, not assumed equal to the reference: a policy that does
+        # not start as its reference, from a LoRA init or loading bug, shows up here).
+        seen["distributed"] = describe(trainer, total_params)
+        log.info(seen["distributed"]["line"])
+        seen["before"] = _measure_before(trainer, out, resume is not None, measure_split)
+
+    trainer.add_callback(AfterPreparation(on_prepared))
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
     result = trainer.train(resume_from_checkpoint=resume)
     if stopper.stopped_at is not None:
         log.info(
-            "stopped by signal at step %d with a checkpoint in %s; run the same command to resume",
+            "stopped on request at step %d with a checkpoint in %s; run the same command to resume",
             stopper.stopped_at,
             out,
         )
@@ -311,13 +217,13 @@ def train(cfg: DictConfig) -> dict:
     if main:
         tokenizer.save_pretrained(str(out))
 
-    after, _ = _diagnose(
-        policy, reference_ctx, test_features, collator, t.per_device_eval_batch_size, ref_logps
-    )
+    before, ref_logps = seen["before"]["policy"], seen["before"]["reference"]
+    after = measure_split(trainer, reference=False)["policy"]
     paired = test_split.kind == "paired"
     summary_args = dict(paired=paired, beta=cfg.loss.beta, penalty=cfg.loss.penalty)
     metrics = {
         "method": method,
+        "distributed": {k: v for k, v in seen["distributed"].items() if k != "line"},
         "train": dict(result.metrics),
         "log_history": trainer.state.log_history,
         "eval_before": summarise(before, ref_logps, **summary_args),
@@ -384,17 +290,6 @@ def make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_fea
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
     )
-
-
-def ot_batch_line(cfg, world_size: int) -> str:
-    """How many rows' values are sorted together, e.g. 'OT batch: 512 = 8 per device x 2 ranks x 32'."""
-    micro = cfg.train.per_device_train_batch_size
-    passes = (cfg.loss.ot_batch_size or micro) // micro
-    ranks = world_size if cfg.loss.ot_batch == "global" else 1
-    line = f"OT batch: {micro * ranks * passes} = {micro} per device x {ranks} rank{'s' if ranks > 1 else ''} x {passes}"
-    if cfg.loss.ot_batch == "local" and world_size > 1:
-        line += f" (local: each of {world_size} ranks sorts its own)"
-    return line + (" (two-pass step)" if passes > 1 else "")
 
 
 def _print_summary(out: Path, metrics: dict) -> None:

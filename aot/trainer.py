@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Sampler
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from aot.data import Split
 from aot.losses import LOSSES, PAIRED_ONLY, fsd_violation, gather_global, reward_accuracy
@@ -267,14 +267,57 @@ def _set_rng_state(state: tuple) -> None:
 
 
 @contextlib.contextmanager
+def adapters_disabled(model):
+    """Bypass every LoRA layer of ``model`` without touching ``requires_grad``.
+
+    peft's ``disable_adapter()`` also sets ``requires_grad=False`` on the adapter weights for the
+    duration. FSDP2 records which parameters are trainable at the model's first forward, so a
+    reference pass that comes first (precompute, diagnostics) would leave the adapter marked
+    frozen and the next backward fails in bf16. Here only the layers' bypass flag is switched.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    previous = [m._disable_adapters for m in layers]
+    for m in layers:
+        m._disable_adapters = True
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, previous):
+            m._disable_adapters = flag
+
+
+@contextlib.contextmanager
 def reference_of(policy, ref_model=None, wrapped=None):
     """Yields the reference model: a frozen copy when given, else the LoRA policy with its
     adapter disabled (``wrapped``, if set, is the distributed wrapper to run instead)."""
     if ref_model is not None:
         yield ref_model
         return
-    with policy.disable_adapter():
+    with adapters_disabled(policy):
         yield wrapped if wrapped is not None else policy
+
+
+def trainer_reference(trainer):
+    """The reference of a prepared trainer (ours or TRL's): its prepared frozen copy, or its
+    wrapped LoRA policy with the adapter bypassed."""
+    wrapped = trainer.model_wrapped
+    return reference_of(
+        trainer.accelerator.unwrap_model(wrapped), getattr(trainer, "ref_model", None), wrapped
+    )
+
+
+class AfterPreparation(TrainerCallback):
+    """Runs ``fn()`` once the Trainer has prepared the model (wrapped, sharded, placed on its
+    device, resumed from a checkpoint) and before the first step. What needs the prepared
+    model, on every rank (precompute, diagnostics, the reference copy), runs here."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.fn()
 
 
 class PreferenceTrainer(Trainer):
@@ -286,9 +329,17 @@ class PreferenceTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.method, self.loss_kwargs, self.ref_model = method, loss_kwargs, ref_model
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        if ref_model is not None:  # full fine-tuning: the frozen copy is placed/sharded like the policy
+            self.add_callback(AfterPreparation(self._prepare_reference))
+
+    def _prepare_reference(self) -> None:
+        from aot.distributed import prepare_reference
+
+        if not getattr(self, "_reference_prepared", False):
+            self.ref_model, self._reference_prepared = prepare_reference(self, self.ref_model), True
 
     def reference(self):
-        return reference_of(self.accelerator.unwrap_model(self.model), self.ref_model, wrapped=self.model)
+        return trainer_reference(self)
 
     def reference_logps(self, inputs) -> torch.Tensor:
         if "ref_logps" in inputs:  # precomputed once per dataset (train.precompute_ref)
@@ -339,17 +390,36 @@ class PreferenceTrainer(Trainer):
             self.method, all_logps, torch.cat(refs), torch.cat(lengths), merged, self.loss_kwargs
         )
         (grad,) = torch.autograd.grad(loss, all_logps)
-        grad = grad / self.current_gradient_accumulation_steps
+        grad = grad / self.current_gradient_accumulation_steps  # scaled once, here
         offset = 0
         for k, (mb, state) in enumerate(zip(micro, states)):
             _set_rng_state(state)
-            sync = contextlib.nullcontext() if k == len(micro) - 1 else self.accelerator.no_sync(model)
-            with sync:
+            last = k == len(micro) - 1
+            with self._micro_batch_sync(model, last):
                 lp, _ = sequence_logps(model, mb)
-                self.accelerator.backward((lp * grad[offset : offset + len(lp)]).sum())
+                self._backward((lp * grad[offset : offset + len(lp)]).sum(), last)
             offset += len(lp)
         self._record(model, stats)
         return loss.detach() / self.current_gradient_accumulation_steps
+
+    def _micro_batch_sync(self, model, last: bool):
+        """DDP: skip the gradient all-reduce on all but the last micro-batch. FSDP reduce-scatters
+        each micro-batch's gradient into the shards (``no_sync`` would keep whole unsharded
+        gradients); DeepSpeed's boundary is set in ``_backward``."""
+        from accelerate.utils import DistributedType
+
+        ddp = self.accelerator.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+        return self.accelerator.no_sync(model) if ddp and not last else contextlib.nullcontext()
+
+    def _backward(self, loss, last: bool) -> None:
+        """One micro-batch's backward. Under DeepSpeed ``accelerator.backward`` would make the
+        engine step after every micro-batch and divide by the accumulation steps again: here the
+        engine accumulates, marks the boundary and steps only on the step's last micro-batch."""
+        if not self.is_deepspeed_enabled:
+            self.accelerator.backward(loss)
+            return
+        boundary = last and self.accelerator.sync_gradients
+        self.accelerator.deepspeed_engine_wrapped.backward(loss, sync_gradients=boundary, scale_wrt_gas=False)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -9,10 +9,11 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from aot.run import RECIPES, compose  # noqa: E402,F401  (tests import them from here)
+from aot.config import RECIPES, compose  # noqa: E402,F401  (tests import them from here)
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +21,41 @@ def tiny_path():
     from aot.tiny import build_tiny
 
     return build_tiny()
+
+
+# Parameter updates are compared under SGD, where an update is exactly lr x gradient (Adam's
+# first step would hide a gradient scale error behind its normalisation).
+SGD = [
+    "train.optim=sgd",
+    "train.learning_rate=2.0",
+    "train.warmup_steps=0",
+    "train.lr_scheduler_type=constant",
+    "data.max_test_samples=8",
+    "train.save_steps=1000",
+]
+
+
+def weights(path):
+    """A run's saved weights: the LoRA adapter, or the full model for model.lora=false."""
+    from safetensors.torch import load_file
+
+    for name in ("adapter_model.safetensors", "model.safetensors"):
+        if os.path.exists(os.path.join(path, name)):
+            return load_file(os.path.join(path, name))
+    raise FileNotFoundError(f"no adapter_model.safetensors or model.safetensors in {path}")
+
+
+adapter = weights
+
+
+def assert_same_weights(a, b, atol=1e-5):
+    wa, wb = weights(a), weights(b)
+    for w in (wa, wb):  # a sharded save may also write the tied output embedding: the same tensor
+        if "lm_head.weight" in w and "lm_head.weight" not in (wb if w is wa else wa):
+            assert torch.equal(w.pop("lm_head.weight"), w["model.embed_tokens.weight"])
+    assert wa.keys() == wb.keys()
+    if any("lora_B" in k for k in wb):
+        moved = max(wb[k].abs().max().item() for k in wb if "lora_B" in k)
+        assert moved > 1e-3  # the update is not trivially zero
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=0, atol=atol), (k, (wa[k] - wb[k]).abs().max().item())

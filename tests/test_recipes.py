@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import RECIPES, REPO, compose
 
+from aot.config import ConfigError, build_training_args, loss_kwargs
 from aot.losses import LOSSES, PAIRED_ONLY
-from aot.run import ConfigError, build_training_args, loss_kwargs
 
 
 def group(name):

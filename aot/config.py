@@ -1,0 +1,139 @@
+"""Config -> objects, with nothing loaded: composing recipes, validating them, and the
+``TrainingArguments`` and loss options a run is built from.
+
+Everything here is cheap (``scripts/train.py --cfg job`` territory), so a bad setting fails
+before any model or data is touched.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from aot.losses import LOSSES, PAIRED_ONLY
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, caught before anything is loaded."""
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The run config exactly as scripts/train.py composes it (for tests and benchmarks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def check_config(cfg: DictConfig) -> None:
+    method = cfg.loss.name
+    if method not in LOSSES:
+        raise ConfigError(f"unknown loss {method!r}; valid: {', '.join(LOSSES)}")
+    if method.startswith("aot") and cfg.train.per_device_train_batch_size < 2:
+        raise ConfigError(
+            f"loss={method} with train.per_device_train_batch_size=1 sorts a single value per side, "
+            "so AOT reduces to a per-pair loss; use a per-device batch of at least 2"
+        )
+    if cfg.loss.ot_batch not in ("global", "local"):
+        raise ConfigError(f"loss.ot_batch must be global or local, got {cfg.loss.ot_batch!r}")
+    size, micro = cfg.loss.ot_batch_size, cfg.train.per_device_train_batch_size
+    if size is not None and (method == "kto" or size < micro or size % micro):
+        raise ConfigError(
+            f"loss.ot_batch_size={size} must be a multiple of train.per_device_train_batch_size={micro}"
+            + (" and is not available for kto" if method == "kto" else "")
+        )
+    if method == "kto" and cfg.train.precompute_ref:
+        raise ConfigError(
+            "train.precompute_ref is for our trainer; kto runs on TRL's KTOTrainer (not supported)"
+        )
+    if method in PAIRED_ONLY and cfg.data.source == "sample" and cfg.data.view == "unpaired":
+        raise ConfigError(
+            f"loss={method} needs paired rows; data.view=unpaired has none (use aot_unpaired or kto)"
+        )
+    if method in PAIRED_ONLY and cfg.data.source in ("helpsteer", "beavertails"):
+        raise ConfigError(
+            f"loss={method} needs paired rows; data={cfg.data.name} is unpaired (use aot_unpaired or kto)"
+        )
+
+
+def use_bf16(cfg: DictConfig) -> bool:
+    bf16 = cfg.train.bf16
+    if bf16 == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(bf16)
+
+
+def build_training_args(cfg: DictConfig, output_dir: str | None = None):
+    """``TrainingArguments`` (``KTOConfig`` for kto) from the ``train`` and ``loss`` sections."""
+    from transformers import TrainingArguments
+
+    check_config(cfg)
+    t = cfg.train
+    common = dict(
+        output_dir=output_dir or cfg.output_dir,
+        seed=cfg.seed,
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        # Two-pass: the dataloader yields ot_batch_size rows, split into micro-batches by the collator.
+        per_device_train_batch_size=cfg.loss.ot_batch_size or t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        optim=t.optim,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        bf16=use_bf16(cfg),
+        activation_checkpointing=t.gradient_checkpointing,
+        report_to=[] if t.report_to in (None, "none") else t.report_to,
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    if cfg.loss.name == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig(
+            **common,
+            beta=cfg.loss.beta,
+            desirable_weight=cfg.loss.desirable_weight,
+            undesirable_weight=cfg.loss.undesirable_weight,
+            max_length=t.max_length,
+            disable_dropout=t.disable_dropout,
+        )
+    return TrainingArguments(**common)
+
+
+def loss_kwargs(cfg: DictConfig) -> dict:
+    """The loss section's values that the method's loss function takes (kto: none of ours)."""
+    from aot.losses import aot_loss
+
+    fn = aot_loss if cfg.loss.name.startswith("aot") else LOSSES[cfg.loss.name]
+    if fn is None:
+        return {}
+    params = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k in params}
+    if "gather" in params:
+        kwargs["gather"] = cfg.loss.ot_batch == "global"
+    return kwargs
+
+
+def ot_batch_line(cfg, world_size: int) -> str:
+    """How many rows' values are sorted together, e.g. 'OT batch: 512 = 8 per device x 2 ranks x 32'."""
+    micro = cfg.train.per_device_train_batch_size
+    passes = (cfg.loss.ot_batch_size or micro) // micro
+    ranks = world_size if cfg.loss.ot_batch == "global" else 1
+    line = f"OT batch: {micro * ranks * passes} = {micro} per device x {ranks} rank{'s' if ranks > 1 else ''} x {passes}"
+    if cfg.loss.ot_batch == "local" and world_size > 1:
+        line += f" (local: each of {world_size} ranks sorts its own)"
+    return line + (" (two-pass step)" if passes > 1 else "")

@@ -1,0 +1,283 @@
+"""Sharded training on any machine: which backend ran, FSDP and ZeRO-3 on a CPU for tests, the
+frozen reference prepared like the policy, and row-sharded log-probs through the prepared model.
+
+accelerate 1.15 and the Trainer never pick FSDP or DeepSpeed for CPU processes by themselves: an
+FSDP launch config on a machine without GPUs runs plain data parallel (full copies) and a ZeRO-3
+one may run unsharded, without a word. So:
+
+- ``check_launch`` refuses an FSDP/DeepSpeed launch on a machine without CUDA unless it asks for
+  CPU sharding (``AOT_SHARD_ON_CPU=1``, which ``make train ACCEL=fsdp_cpu|deepspeed_zero3_cpu``
+  sets), naming what would have run instead.
+- ``steer_cpu_sharding`` is the one place where accelerate is steered onto real sharding on the
+  CPU: it creates the accelerate state with the FSDP plugin before the Trainer does (the Trainer
+  then reuses it), and points DeepSpeed at its CPU accelerator over gloo.
+- ``describe`` states what actually ran, e.g.
+  ``distributed: FSDP2 (fully_shard), 2 processes, 50% of parameters per rank``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+
+log = logging.getLogger("aot")
+SHARD_ON_CPU = "AOT_SHARD_ON_CPU"
+
+
+class LaunchError(RuntimeError):
+    """A launch that would silently run something other than what its config asks for."""
+
+
+def requested_backend() -> str | None:
+    """'fsdp' or 'deepspeed' when accelerate's launcher was given such a config, else None."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    return None
+
+
+def shard_on_cpu() -> bool:
+    return (
+        requested_backend() is not None
+        and not torch.cuda.is_available()
+        and os.environ.get(SHARD_ON_CPU) == "1"
+    )
+
+
+def check_launch() -> None:
+    """Refuse a launch that would silently fall back; call before anything is set up."""
+    backend = requested_backend()
+    if backend is None or torch.cuda.is_available():
+        return
+    if os.environ.get(SHARD_ON_CPU) == "1":
+        if backend == "deepspeed":  # before DeepSpeed is first imported: it picks its accelerator then
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        return
+    name = {"fsdp": "FSDP", "deepspeed": "DeepSpeed ZeRO"}[backend]
+    cpu_config = {"fsdp": "fsdp_cpu", "deepspeed": "deepspeed_zero3_cpu"}[backend]
+    raise LaunchError(
+        f"the launch config asks for {name}, but this machine has no CUDA device: accelerate would "
+        f"silently run plain data parallel on the CPU (a full, unsharded copy per process) instead. "
+        f"To shard on the CPU for real use configs/accelerate/{cpu_config}.yaml "
+        f"(make train ACCEL={cpu_config} NPROC=2, which sets {SHARD_ON_CPU}=1); "
+        f"on a GPU machine check that torch sees the GPUs (torch.cuda.is_available())."
+    )
+
+
+def steer_cpu_sharding(args) -> None:
+    """Make accelerate run the requested FSDP/ZeRO-3 on CPU processes (no-op elsewhere).
+
+    Call after ``TrainingArguments`` exist (they create the process group) and before the
+    Trainer. FSDP: accelerate keys FSDP on the *GPU* distributed types only, so the state is
+    created here with the FSDP plugin and its type set to FSDP; the Trainer's Accelerator then
+    reuses this state. DeepSpeed: accelerate already selects it for CPU processes once DeepSpeed
+    uses its CPU accelerator (``DS_ACCELERATOR=cpu``, gloo); its shared-memory all-reduce op,
+    used only for inference, is turned off so that init does not compile it (about 150 s).
+    """
+    if not shard_on_cpu():
+        return
+    if requested_backend() == "deepspeed":
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        return
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if PartialState().distributed_type == DistributedType.FSDP:
+        return  # already steered (several runs in one process)
+    assert PartialState().distributed_type == DistributedType.MULTI_CPU, PartialState().distributed_type
+    # A first Accelerator initialises the shared state (the Trainer passes the same mixed
+    # precision to its own Accelerator, which then reuses this state as it is).
+    state = Accelerator(mixed_precision=args.mixed_precision).state
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+# --- what ran ------------------------------------------------------------------------------------
+
+
+def _local_and_total(param) -> tuple[int, int]:
+    if hasattr(param, "ds_numel"):  # DeepSpeed ZeRO-3: this rank's partition of the full tensor
+        return param.ds_tensor.numel(), param.ds_numel
+    if hasattr(param, "to_local"):  # FSDP2: a DTensor sharded on dim 0
+        return param.to_local().numel(), param.numel()
+    return param.numel(), param.numel()
+
+
+def backend_name(trainer) -> str:
+    from accelerate.utils import DistributedType
+
+    state = trainer.accelerator.state
+    kind = state.distributed_type
+    if kind == DistributedType.FSDP:
+        return (
+            "FSDP2 (fully_shard)"
+            if state.fsdp_plugin.fsdp_version == 2
+            else "FSDP1 (FullyShardedDataParallel)"
+        )
+    if kind == DistributedType.DEEPSPEED:
+        return f"DeepSpeed ZeRO-{state.deepspeed_plugin.zero_stage}"
+    if state.num_processes > 1:
+        return "DDP (full copy per process)"
+    return "single process"
+
+
+def describe(trainer, total_params: int) -> dict:
+    """What actually ran, after the Trainer prepared the model: backend, processes, share of the
+    policy's parameters held by this rank (``total_params`` is counted before preparation)."""
+    model = trainer.model_wrapped
+    local = sum(_local_and_total(p)[0] for p in model.parameters())
+    if (
+        getattr(trainer.accelerator.state, "fsdp_plugin", None) is not None
+        and trainer.accelerator.state.fsdp_plugin.fsdp_version == 1
+    ):
+        local = sum(p.numel() for p in model.parameters())  # use_orig_params: views of the local shard
+    state = trainer.accelerator.state
+    info = {
+        "backend": backend_name(trainer),
+        "processes": state.num_processes,
+        "device": str(trainer.args.device),
+        "mixed_precision": state.mixed_precision,
+        "params_per_rank": local / max(total_params, 1),
+    }
+    info["line"] = (
+        f"distributed: {info['backend']}, {info['processes']} process{'es' if info['processes'] > 1 else ''} "
+        f"on {info['device'].split(':')[0]}, {100 * info['params_per_rank']:.0f}% of parameters per rank"
+    )
+    return info
+
+
+# --- the frozen reference (full fine-tuning) -----------------------------------------------------
+
+
+def prepare_reference(trainer, reference):
+    """The frozen reference copy placed and sharded like the policy, for forward passes only."""
+    from accelerate.utils import DistributedType
+
+    state = trainer.accelerator.state
+    if state.distributed_type == DistributedType.DEEPSPEED:
+        return _deepspeed_reference(trainer, reference)
+    if state.distributed_type == DistributedType.FSDP:
+        return _fsdp_reference(trainer, reference)
+    return reference.to(trainer.args.device)
+
+
+def _fsdp_reference(trainer, reference):
+    plugin = trainer.accelerator.state.fsdp_plugin
+    if plugin.fsdp_version == 2:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        layers = tuple(getattr(reference, "_no_split_modules", None) or ())
+        kwargs = {}
+        if plugin.mixed_precision_policy is not None and isinstance(
+            plugin.mixed_precision_policy, MixedPrecisionPolicy
+        ):
+            kwargs["mp_policy"] = plugin.mixed_precision_policy
+        for module in reference.modules():
+            if type(module).__name__ in layers:
+                fully_shard(module, **kwargs)
+        fully_shard(reference, **kwargs)
+        return reference
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    plugin.set_auto_wrap_policy(reference)
+    return FSDP(
+        reference,
+        sharding_strategy=plugin.sharding_strategy,
+        auto_wrap_policy=plugin.auto_wrap_policy,
+        mixed_precision=plugin.mixed_precision_policy,
+        device_id=trainer.args.device if trainer.args.device.type == "cpu" else trainer.accelerator.device,
+        use_orig_params=True,
+    )
+
+
+def _deepspeed_reference(trainer, reference):
+    import copy
+
+    import deepspeed
+
+    config = copy.deepcopy(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    config["zero_optimization"] = {"stage": 3 if stage == 3 else 0}
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    config["train_micro_batch_size_per_gpu"] = trainer.args.per_device_train_batch_size
+    config["gradient_accumulation_steps"] = 1
+    config.pop("train_batch_size", None)
+    config["gradient_clipping"] = (
+        0.0 if config.get("gradient_clipping") == "auto" else config.get("gradient_clipping", 0.0)
+    )
+    for key in ("bf16", "fp16"):
+        if isinstance(config.get(key), dict) and config[key].get("enabled") == "auto":
+            config[key]["enabled"] = trainer.args.bf16 if key == "bf16" else trainer.args.fp16
+    engine, *_ = deepspeed.initialize(model=reference, config=config)
+    engine.eval()
+    return engine
+
+
+# --- row-sharded log-probs through the prepared model ---------------------------------------------
+
+
+def sharded_row_logps(model, features: list[dict], collator, batch_size: int, accelerator) -> torch.Tensor:
+    """``aot.trainer.row_logps`` over every row, each rank computing an equal share.
+
+    Rows are padded (with copies of row 0) to a multiple of ranks x batch size so that every rank
+    runs the same number of forwards (FSDP and ZeRO-3 gather parameters collectively), then the
+    results are gathered in row order. Returns (N, columns) float32 on the CPU, on every rank.
+    """
+    from aot.trainer import row_logps
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_rank = math.ceil(len(features) / world / batch_size) * batch_size
+    padded = features + [features[0]] * (per_rank * world - len(features))
+    mine = padded[rank * per_rank : (rank + 1) * per_rank]
+    rows = row_logps(model, mine, collator, batch_size, accelerator.device).float()
+    if world > 1:
+        rows = accelerator.gather(rows.to(accelerator.device)).cpu()
+    return rows[: len(features)]
+
+
+def prepared_row_logps(trainer, features: list[dict], collator, batch_size: int, reference: bool = False):
+    """Row log-probs of the policy (or its reference) through the trainer's *prepared* model, in
+    eval mode and under the run's autocast, rows sharded across ranks; on every rank."""
+    import contextlib
+
+    from aot.trainer import trainer_reference
+
+    model = trainer.model_wrapped
+    was_training = model.training
+    model.eval()
+    try:
+        context = trainer_reference(trainer) if reference else contextlib.nullcontext(model)
+        with context as m, trainer.accelerator.autocast():
+            return sharded_row_logps(m, features, collator, batch_size, trainer.accelerator)
+    finally:
+        model.train(was_training)
+        _reshard(model)
+
+
+def _reshard(model) -> None:
+    """FSDP2 keeps the root module's parameters unsharded after a forward (a backward usually
+    follows at once); after no-grad passes nothing would free them, so reshard explicitly."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def parameter_count(model) -> int:
+    """All parameters of a model, counted in full even when ZeRO-3 already partitioned them."""
+    return sum(_local_and_total(p)[1] for p in model.parameters())
