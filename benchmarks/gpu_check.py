@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -48,11 +47,20 @@ def run(name, out: Path, config, nproc: int, overrides: list[str], mixed_precisi
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         code, log = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
-        code, log = "timeout", (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+        code, log = (
+            "timeout",
+            (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace"),
+        )
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "logs" / f"{name}.log").write_text(log)
-    row = {"name": name, "launch": config or "python", "processes": nproc, "ok": code == 0,
-           "exit": code, "seconds": round(time.time() - started, 1)}
+    row = {
+        "name": name,
+        "launch": config or "python",
+        "processes": nproc,
+        "ok": code == 0,
+        "exit": code,
+        "seconds": round(time.time() - started, 1),
+    }
     metrics = run_dir / "metrics.json"
     if code == 0 and metrics.is_file():
         m = json.loads(metrics.read_text())
@@ -91,47 +99,79 @@ def main() -> None:
 
     assert torch.cuda.is_available(), "no CUDA device"
     n = torch.cuda.device_count()
+    machine = {
+        "gpu": torch.cuda.get_device_name(),
+        "gpus": n,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+    result = {"machine": machine, "runs": [], "equality": None}
+
+    def record(row: dict) -> dict:  # gpu.json is rewritten after every run: a cut-off check keeps its rows
+        result["runs"].append(row)
+        (out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+        return row
+
     unpaired, paired = ["loss=aot_unpaired"], ["loss=aot_paired"]
     two_pass = ["loss=aot_unpaired", "loss.ot_batch_size=256", "train.per_device_train_batch_size=16"]
-    rows = [
-        run("single-aot_unpaired", out, None, 1, [*BF16, *unpaired, "train.max_steps=100"]),
-        run("single-aot_paired", out, None, 1, [*BF16, *paired, "train.max_steps=100"]),
-        run("single-two_pass", out, None, 1, [*BF16, *two_pass, "train.max_steps=20"]),
-        run("single-precompute", out, None, 1, [*BF16, *unpaired, "train.precompute_ref=true", "train.max_steps=100"]),
-        run("ddp-aot_unpaired", out, "ddp", n, [*BF16, *unpaired, "train.max_steps=100"]),
-        run("fsdp2-aot_unpaired", out, "fsdp", n, [*BF16, *unpaired, "train.max_steps=100"]),
-        run("fsdp2-aot_paired", out, "fsdp", n, [*BF16, *paired, "train.max_steps=100"]),
-        run("fsdp2-two_pass", out, "fsdp", n, [*BF16, *two_pass, "train.max_steps=20"]),
-        run("fsdp2-precompute", out, "fsdp", n, [*BF16, *unpaired, "train.precompute_ref=true", "train.max_steps=50"]),
-        run("fsdp2-full_finetune", out, "fsdp", n, [*BF16, *unpaired, "model.lora=false", "train.max_steps=50"]),
-        run("zero3-aot_unpaired", out, "deepspeed_zero3", n, [*BF16, *unpaired, "train.max_steps=100"]),
-        run("zero3-aot_paired", out, "deepspeed_zero3", n, [*BF16, *paired, "train.max_steps=100"]),
-        run("zero3-two_pass_ga2", out, "deepspeed_zero3", n,
-            [*BF16, *two_pass, "train.gradient_accumulation_steps=2", "train.max_steps=10"]),
-    ]
+    record(run("single-aot_unpaired", out, None, 1, [*BF16, *unpaired, "train.max_steps=100"]))
+    record(run("fsdp2-aot_unpaired", out, "fsdp", n, [*BF16, *unpaired, "train.max_steps=100"]))
+    record(run("zero3-aot_unpaired", out, "deepspeed_zero3", n, [*BF16, *unpaired, "train.max_steps=100"]))
     # Equality, float32 (no mixed precision, TF32 off by default in torch): N processes of 8 rows
     # each under FSDP2 == one process of 8N rows, under SGD.
-    fp32 = ["model.dtype=float32", "train.bf16=false", *unpaired, *SGD]
     # (fsdp.yaml asks for bf16 mixed precision: overridden for this pair.)
-    sharded = run("equal-fsdp2", out, "fsdp", n, [*fp32, "train.per_device_train_batch_size=8"], "no")
-    one = run("equal-one", out, None, 1, [*fp32, f"train.per_device_train_batch_size={8 * n}"])
+    fp32 = ["model.dtype=float32", "train.bf16=false", *unpaired, *SGD]
+    sharded = record(run("equal-fsdp2", out, "fsdp", n, [*fp32, "train.per_device_train_batch_size=8"], "no"))
+    one = record(run("equal-one", out, None, 1, [*fp32, f"train.per_device_train_batch_size={8 * n}"]))
     equality = {"processes": n, "ok": False}
     if sharded["ok"] and one["ok"]:
         diff = max_weight_diff(out / "runs" / "equal-fsdp2", out / "runs" / "equal-one")
         equality.update(max_abs_weight_diff=diff, ok=diff < 1e-4)
-    rows += [sharded, one]
-    result = {
-        "machine": {
-            "gpu": torch.cuda.get_device_name(),
-            "gpus": n,
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "python": platform.python_version(),
-        },
-        "runs": rows,
-        "equality": equality,
-    }
-    (out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    result["equality"] = equality
+    record(run("single-aot_paired", out, None, 1, [*BF16, *paired, "train.max_steps=100"]))
+    record(run("single-two_pass", out, None, 1, [*BF16, *two_pass, "train.max_steps=20"]))
+    record(
+        run(
+            "single-precompute",
+            out,
+            None,
+            1,
+            [*BF16, *unpaired, "train.precompute_ref=true", "train.max_steps=100"],
+        )
+    )
+    record(run("ddp-aot_unpaired", out, "ddp", n, [*BF16, *unpaired, "train.max_steps=100"]))
+    record(run("fsdp2-aot_paired", out, "fsdp", n, [*BF16, *paired, "train.max_steps=100"]))
+    record(run("fsdp2-two_pass", out, "fsdp", n, [*BF16, *two_pass, "train.max_steps=20"]))
+    record(
+        run(
+            "fsdp2-precompute",
+            out,
+            "fsdp",
+            n,
+            [*BF16, *unpaired, "train.precompute_ref=true", "train.max_steps=50"],
+        )
+    )
+    record(
+        run(
+            "fsdp2-full_finetune",
+            out,
+            "fsdp",
+            n,
+            [*BF16, *unpaired, "model.lora=false", "train.max_steps=50"],
+        )
+    )
+    record(run("zero3-aot_paired", out, "deepspeed_zero3", n, [*BF16, *paired, "train.max_steps=100"]))
+    record(
+        run(
+            "zero3-two_pass_ga2",
+            out,
+            "deepspeed_zero3",
+            n,
+            [*BF16, *two_pass, "train.gradient_accumulation_steps=2", "train.max_steps=10"],
+        )
+    )
+    rows = result["runs"]
     failed = [r["name"] for r in rows if not r["ok"]]
     print(f"{len(rows) - len(failed)}/{len(rows)} runs ok; equality: {equality}; failed: {failed}")
 

@@ -56,9 +56,37 @@ def scale_table(d: dict) -> str:
     )
 
 
+def gpu_table(d: dict) -> str:
+    m = d["machine"]
+
+    def cell(r):
+        if not r["ok"]:
+            return f"| {r['name']} | {r['launch']} x {r['processes']} | FAILED ({r['exit']}) | | | |"
+        acc, fsd = r["reward_accuracy"], r["fsd_violation"]
+        return (
+            f"| {r['name']} | {r['distributed']['backend']} x {r['processes']} | {r['seconds']:.0f} | "
+            f"{r['train_steps_per_second']} | {acc[0]:.2f} -> {acc[1]:.2f} | {fsd[0]:.2f} -> {fsd[1]:.2f} |"
+        )
+
+    eq = d.get("equality") or {}
+    equality = (
+        f"Equality (float32, SGD): FSDP2 on {eq['processes']} process(es) x 8 rows vs one process x "
+        f"{8 * eq['processes']} rows, max weight difference {eq['max_abs_weight_diff']:.1e} "
+        f"({'ok' if eq['ok'] else 'NOT ok'}, limit 1e-4)."
+        if "max_abs_weight_diff" in eq
+        else "Equality check: did not run."
+    )
+    return (
+        f"Machine: {m['gpus']} x {m['gpu']}, torch {m['torch']} (CUDA {m['cuda']}).\n\n"
+        "| run | backend x processes | s | steps / s | eval reward accuracy | eval FSD violation |\n"
+        "|---|---|---:|---:|---:|---:|\n" + "\n".join(cell(r) for r in d["runs"]) + "\n\n" + equality
+    )
+
+
 def main() -> None:
     readme = (REPO / "README.md").read_text()
-    for name, fn in (("loss", loss_table), ("train", train_table), ("scale", scale_table)):
+    tables = (("loss", loss_table), ("train", train_table), ("scale", scale_table), ("gpu", gpu_table))
+    for name, fn in tables:
         path = RESULTS / f"{name}.json"
         if not path.is_file():
             continue

@@ -22,7 +22,7 @@ MODELS, LOSS_NAMES, DATA = group("model"), group("loss"), group("data")
 
 def test_groups_match_the_registry_and_the_issue():
     assert set(LOSS_NAMES) == set(LOSSES)
-    assert set(MODELS) == {"merlinite", "openhermes", "starling", "llama3", "mistral", "tiny"}
+    assert set(MODELS) == {"merlinite", "openhermes", "starling", "llama3", "mistral", "tiny", "smollm2"}
     assert set(DATA) == {"ultrafeedback", "helpsteer", "pku", "sample", "local"}
 
 
