@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aot.losses import LOSSES, PAIRED_ONLY
+from aot.losses import LOSSES, PAIRED_ONLY, PENALTIES, SORTS
 
 
 class ConfigError(ValueError):
@@ -32,10 +32,44 @@ def compose(*overrides: str) -> DictConfig:
         return hydra_compose(config_name="train", overrides=list(overrides))
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def check_config(cfg: DictConfig) -> None:
+    """Every setting that cannot run, refused with the key and the valid values, before loading."""
     method = cfg.loss.name
     if method not in LOSSES:
         raise ConfigError(f"unknown loss {method!r}; valid: {', '.join(LOSSES)}")
+    loss, t = cfg.loss, cfg.train
+    if loss.penalty not in PENALTIES:
+        raise ConfigError(f"loss.penalty={loss.penalty!r} is unknown; valid: {', '.join(PENALTIES)}")
+    if loss.sort not in SORTS:
+        raise ConfigError(f"loss.sort={loss.sort!r} is unknown; valid: {', '.join(SORTS)}")
+    if not loss.beta > 0:
+        raise ConfigError(f"loss.beta must be > 0, got {loss.beta}")
+    if loss.sort_strength is not None and not loss.sort_strength > 0:
+        raise ConfigError(
+            f"loss.sort_strength must be > 0 (or null for the default), got {loss.sort_strength}"
+        )
+    if not 0 <= loss.label_smoothing < 0.5:
+        raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {loss.label_smoothing}")
+    if loss.label_smoothing and method.startswith("aot") and loss.penalty != "logistic":
+        raise ConfigError(
+            f"loss.label_smoothing={loss.label_smoothing} applies to the logistic penalty only, "
+            f"not loss.penalty={loss.penalty}"
+        )
+    if cfg.model.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={cfg.model.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
+    if t.max_prompt_length >= t.max_length:
+        raise ConfigError(
+            f"train.max_prompt_length={t.max_prompt_length} must be below train.max_length={t.max_length} "
+            "(prompts keep their last max_prompt_length tokens; completions get the rest)"
+        )
+    if t.resume not in ("auto", "never") and not (Path(str(t.resume)) / "trainer_state.json").is_file():
+        raise ConfigError(
+            f"train.resume={t.resume!r}: no checkpoint there (no trainer_state.json); "
+            "valid: auto, never, or a checkpoint-<step> directory"
+        )
     if method.startswith("aot") and cfg.train.per_device_train_batch_size < 2:
         raise ConfigError(
             f"loss={method} with train.per_device_train_batch_size=1 sorts a single value per side, "

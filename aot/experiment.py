@@ -110,7 +110,10 @@ class Settings:
     max_length: int = 96
     gen_batch: int = 32
     methods: tuple = METHODS
-    overrides: list = field(default_factory=list)
+    # beta 0.1 for every method (the TRL default for DPO, IPO and KTO): the implicit rewards then
+    # have one scale in every loss, so one learning rate serves all. The AOT recipes' 0.01 (the
+    # paper's, for 7B models) would scale AOT's gradients down tenfold under the same budget.
+    overrides: list = field(default_factory=lambda: ["loss.beta=0.1"])
 
     @classmethod
     def quick(cls) -> Settings:

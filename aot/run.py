@@ -50,7 +50,7 @@ def load_tokenizer(cfg: DictConfig, path: str):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, revision=cfg.model.get("revision"))
-    if cfg.model.chat_template:
+    if cfg.model.chat_template and not tok.chat_template:  # the recipe's is a fallback only
         tok.chat_template = cfg.model.chat_template
     if tok.chat_template is None:
         raise ConfigError(

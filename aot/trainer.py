@@ -130,20 +130,48 @@ class PreferenceCollator:
 
 
 class BothLabelsSampler(Sampler):
-    """Shuffles unpaired rows so that every block of ``batch_size`` holds both labels.
+    """Shuffles unpaired rows so that every batch of ``batch_size`` holds both labels.
 
-    Each block gets one chosen and one rejected row, and the other slots are filled at random
-    (so the chosen/rejected counts differ from batch to batch, as with truly unpaired data).
+    The order is cut into the blocks the DataLoader will batch (``batch_size`` rows each, the last
+    one shorter); each block gets one chosen and one rejected row, and the other slots are filled
+    at random (so the chosen/rejected counts differ from batch to batch, as with truly unpaired
+    data). Rows left out of an epoch (a different few each epoch, from the larger class):
+
+    - one process: one row when ``len % batch_size == 1`` (a block of one row cannot hold both);
+    - ``num_processes`` > 1: ``len % batch_size`` rows, so that every batch is full. accelerate
+      hands each rank whole batches of this order and, to give every rank the same number, pads
+      the last round with rows from the start of the epoch; with full batches that padding is
+      whole blocks, while a short last batch would be topped up across a block boundary.
+
+    Too few rows of one label for one per block is an error naming the batch size that works.
     """
 
-    def __init__(self, labels: list[bool], batch_size: int, seed: int):
+    def __init__(self, labels: list[bool], batch_size: int, seed: int, num_processes: int = 1):
         self.labels, self.batch_size, self.seed, self.epoch = labels, batch_size, seed, 0
+        self.num_processes = num_processes
+        n_chosen = sum(map(bool, labels))
+        fewest, blocks = min(n_chosen, len(labels) - n_chosen), len(self._sizes())
+        if fewest < blocks:
+            need = -(-len(labels) // max(fewest, 1))
+            raise ValueError(
+                f"{n_chosen} chosen and {len(labels) - n_chosen} rejected rows cannot put both labels in each "
+                f"of {blocks} batches of {batch_size}: use a per-device batch of at least {need} "
+                f"(or a dataset with more rows of the rarer label)"
+            )
+
+    def _sizes(self) -> list[int]:
+        n, b = len(self.labels), self.batch_size
+        if self.num_processes > 1 and n >= b:
+            n -= n % b  # full batches only
+        elif n % b == 1 and n > 1:
+            n -= 1  # no block of one row
+        return [min(b, n - s) for s in range(0, n, b)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return sum(self._sizes())
 
     def __iter__(self):
         rng = random.Random(self.seed + self.epoch)
@@ -151,14 +179,11 @@ class BothLabelsSampler(Sampler):
         rejected = [i for i, y in enumerate(self.labels) if not y]
         rng.shuffle(chosen)
         rng.shuffle(rejected)
-        n, b = len(self.labels), self.batch_size
-        sizes = [min(b, n - s) for s in range(0, n, b)]
-        if len(chosen) < len(sizes) or len(rejected) < len(sizes) or min(sizes) < 2:
-            order = chosen + rejected  # too few of one label to spread: plain shuffle
-            rng.shuffle(order)
-            yield from order
-            return
-        # One reserved slot of each label per block; the remaining chosen rows land in random free slots.
+        sizes = self._sizes()
+        for _ in range(len(self.labels) - sum(sizes)):  # rows left out, from the larger class
+            (chosen if len(chosen) > len(rejected) else rejected).pop()
+        # One reserved slot of each label per block; the remaining chosen rows land in random free
+        # slots (a block of b rows has b - 2 free ones).
         free = [k for k, size in enumerate(sizes) for _ in range(size - 2)]
         n_chosen = [1] * len(sizes)
         for k in rng.sample(free, len(chosen) - len(sizes)):
@@ -431,7 +456,9 @@ class PreferenceTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if dataset and "label" in dataset[0] and self.method == "aot_unpaired":
             labels = [f["label"] for f in dataset]
-            return BothLabelsSampler(labels, self.args.per_device_train_batch_size, self.args.seed)
+            return BothLabelsSampler(
+                labels, self.args.per_device_train_batch_size, self.args.seed, self.args.world_size
+            )
         return super()._get_train_sampler(train_dataset)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -2,6 +2,7 @@
 names and errors stay in step with the registry."""
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -124,3 +125,57 @@ def test_unknown_names_and_keys_fail_listing_choices(override, expected):
     assert expected in proc.stderr + proc.stdout
     if override.startswith("model="):
         assert "merlinite" in proc.stderr and "tiny" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["loss.penalty=relu"], "loss.penalty='relu' is unknown; valid: logistic, hinge"),
+        (["loss.sort=bitonic"], "loss.sort='bitonic' is unknown; valid: hard, soft, sinkhorn"),
+        (["loss.beta=0"], "loss.beta must be > 0"),
+        (["loss.beta=-0.1"], "loss.beta must be > 0"),
+        (["loss.sort=soft", "loss.sort_strength=0"], "loss.sort_strength must be > 0"),
+        (["loss.label_smoothing=0.5"], r"loss.label_smoothing must be in \[0, 0.5\)"),
+        (["loss.label_smoothing=-0.1"], r"loss.label_smoothing must be in \[0, 0.5\)"),
+        (["loss.label_smoothing=0.1", "loss.penalty=hinge"], "logistic penalty only"),
+        (["train.max_prompt_length=64"], "train.max_prompt_length=64 must be below train.max_length=64"),
+        (["train.resume=/nowhere/checkpoint-5"], "train.resume='/nowhere/checkpoint-5': no checkpoint there"),
+        (["model.dtype=float8"], "model.dtype='float8' is unknown; valid: float32, bfloat16, float16"),
+    ],
+)
+def test_every_bad_setting_is_refused_before_anything_loads(tmp_path, overrides, expected):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=expected):
+        build_training_args(compose(*overrides), str(out))
+    from aot.run import train
+
+    with pytest.raises(ConfigError, match=expected):  # the run stops before data, model or outputs
+        train(compose(f"output_dir={out}", *overrides))
+    assert not out.exists()
+
+
+def test_label_smoothing_with_the_logistic_penalty_and_dpo_is_accepted(tmp_path):
+    build_training_args(compose("loss.label_smoothing=0.1"), str(tmp_path))
+    build_training_args(compose("loss=dpo", "loss.label_smoothing=0.1", "loss.penalty=hinge"), str(tmp_path))
+
+
+def test_a_recipe_template_is_a_fallback_and_merlinites_emits_bos(tmp_path, tiny_path):
+    import shutil
+
+    from aot.run import load_tokenizer
+
+    cfg = compose("model=merlinite")
+    own = load_tokenizer(cfg, str(tiny_path))  # the tiny tokenizer ships a template: it is kept
+    assert own.chat_template != cfg.model.chat_template
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_path, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(cfg, str(bare))
+    assert tok.chat_template == cfg.model.chat_template
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text == f"{tok.bos_token}<|user|>\nhi\n<|assistant|>\n"

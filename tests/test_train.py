@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -180,6 +181,56 @@ def test_both_labels_sampler():
     assert len(set(counts)) > 1  # unequal numbers per batch
     sampler.set_epoch(1)
     assert list(sampler) != order
+
+
+@pytest.mark.parametrize("remainder", range(8))
+@pytest.mark.parametrize("ratio", [0.2, 0.35, 0.5, 0.65, 0.8])
+def test_both_labels_in_every_batch_for_every_size_and_ratio(remainder, ratio):
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    b, n = 8, 80 + remainder
+    n_chosen = round(ratio * n)
+    labels = [True] * n_chosen + [False] * (n - n_chosen)
+    random.Random(remainder).shuffle(labels)
+    sampler = BothLabelsSampler(labels, batch_size=b, seed=remainder)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert len(order) == len(sampler) == n - (remainder == 1) and len(set(order)) == len(order)
+        batches = [order[i : i + b] for i in range(0, len(order), b)]
+        # ... and per rank, as accelerate shards the batches over 2 or 3 processes.
+        for world in (2, 3):
+            per_rank = BothLabelsSampler(labels, batch_size=b, seed=remainder, num_processes=world)
+            per_rank.set_epoch(epoch)
+            assert len(per_rank) == n - remainder
+            for rank in range(world):
+                shard = BatchSamplerShard(BatchSampler(per_rank, b, False), world, rank, even_batches=True)
+                batches += list(shard)
+        for batch in batches:
+            got = [labels[i] for i in batch]
+            assert any(got) and not all(got), (epoch, got)
+
+
+def test_both_labels_sampler_refuses_what_it_cannot_guarantee():
+    with pytest.raises(ValueError, match="per-device batch of at least 10"):
+        BothLabelsSampler([True] * 10 + [False] * 90, batch_size=4, seed=0)  # 25 batches, 10 chosen
+
+
+@pytest.mark.slow
+def test_unpaired_run_with_a_remainder_of_one_reaches_its_last_step(tmp_path, tiny_path):
+    # 89 rows in batches of 8: the 12th batch used to hold one row, and the run died there.
+    metrics = train(
+        compose(
+            f"output_dir={tmp_path}",
+            "data.view=unpaired",
+            "data.max_train_samples=89",
+            "train.per_device_train_batch_size=8",
+            "train.max_steps=-1",
+            "data.max_test_samples=8",
+        )
+    )
+    assert metrics["train"]["train_loss"] > 0 and metrics["log_history"][-1]["step"] == 11
 
 
 def test_unpaired_summary_against_brute_force():
