@@ -29,7 +29,32 @@ def compose(*overrides: str) -> DictConfig:
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
+        cfg = hydra_compose(config_name="train", overrides=list(overrides))
+    return with_default_output_dir(cfg, overrides)
+
+
+#: Overrides that name the run's directory themselves, or do not change what it trains.
+_NAMING = ("model", "loss", "data", "output_dir", "train.resume")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def with_default_output_dir(cfg: DictConfig, overrides) -> DictConfig:
+    """Unless ``output_dir`` was given, ``outputs/<model>-<loss>-<data>`` gets a short hash of
+    the other overrides (``-3fa2c1``), so that ablations never share (and resume) a directory."""
+    overrides = [str(o) for o in overrides]
+    if any(_key(o) == "output_dir" for o in overrides):
+        return cfg
+    rest = sorted(o for o in overrides if _key(o) not in _NAMING and not _key(o).startswith("hydra."))
+    if rest:
+        import hashlib
+
+        OmegaConf.set_struct(cfg, False)
+        cfg.output_dir = f"{cfg.output_dir}-{hashlib.sha1(' '.join(rest).encode()).hexdigest()[:6]}"
+        OmegaConf.set_struct(cfg, True)
+    return cfg
 
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -25,7 +25,7 @@ from aot.config import (  # noqa: F401 (compose, build_training_args re-exported
 )
 from aot.data import load_split, unpair
 from aot.losses import PAIRED_ONLY
-from aot.runtime import StopOnSignal, attach_ref_logps, find_checkpoint
+from aot.runtime import StopOnSignal, attach_ref_logps, check_run_dir, find_checkpoint, run_identity
 
 log = logging.getLogger("aot")
 
@@ -155,11 +155,17 @@ def train(cfg: DictConfig) -> dict:
     check_launch()
     args = build_training_args(cfg)  # validates the config before anything is loaded
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     method = cfg.loss.name
     main = args.process_index == 0  # only the main process writes outputs and logs progress
     if not main:
         log.setLevel(logging.WARNING)
+    identity = run_identity(cfg)
+    if check_run_dir(out, identity, str(cfg.train.resume)) == "finished":
+        log.info("%s already holds this config's finished run (metrics.json): nothing to train", out)
+        return json.loads((out / "metrics.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        (out / "run.json").write_text(json.dumps(identity, indent=2, default=str) + "\n")
 
     train_split, test_split = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     if method in PAIRED_ONLY and train_split.kind != "paired":
@@ -211,7 +217,7 @@ def train(cfg: DictConfig) -> dict:
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
     result = trainer.train(resume_from_checkpoint=resume)
-    if stopper.stopped_at is not None:
+    if stopper.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
         log.info(
             "stopped on request at step %d with a checkpoint in %s; run the same command to resume",
             stopper.stopped_at,

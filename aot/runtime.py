@@ -31,6 +31,61 @@ def find_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
+#: Keys that do not change what a run trains: where it is written and how it was started.
+RUN_ID_IGNORED = ("output_dir", "train.resume")
+
+
+def run_identity(cfg) -> dict:
+    """The composed config as flat dotted keys, minus ``RUN_ID_IGNORED``, and its hash."""
+    from omegaconf import OmegaConf
+
+    flat = {}
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, name + ".")
+            elif name not in RUN_ID_IGNORED:
+                flat[name] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=True))
+    digest = hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return {"config_hash": digest, "config": flat}
+
+
+def check_run_dir(out: Path, identity: dict, resume: str) -> str:
+    """What ``out`` holds for this config: "new", "resume" (checkpoints of this config) or
+    "finished" (its final model and metrics). A directory written by another config stops the
+    run with the keys that differ; it is never resumed."""
+    from aot.config import ConfigError
+
+    recorded = out / "run.json"
+    checkpoints = find_checkpoint(out)
+    if recorded.is_file() and resume != "never":
+        old = json.loads(recorded.read_text())
+        if old["config_hash"] != identity["config_hash"]:
+            a, b = old["config"], identity["config"]
+            diff = [
+                f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}"
+                for k in sorted(a.keys() | b.keys())
+                if a.get(k) != b.get(k)
+            ]
+            raise ConfigError(
+                f"{out} holds a run of another config ({'; '.join(diff)}); it will not be resumed or "
+                "overwritten. Use another output_dir (the default one carries a hash of your overrides), "
+                "or train.resume=never to start this config afresh there."
+            )
+        if (out / "metrics.json").is_file():
+            return "finished"
+    elif checkpoints and resume == "auto":
+        raise ConfigError(
+            f"{out} has checkpoints but no run.json saying which config wrote them; it will not be "
+            "resumed. Use another output_dir, or train.resume=never (or a checkpoint path) to decide."
+        )
+    return "resume" if checkpoints else "new"
+
+
 class StopOnSignal(TrainerCallback):
     """On SIGTERM or SIGUSR1 (to any rank), or once the stop file ``$AOT_STOP_FILE`` exists
     (slurm/train.sh creates it when the time limit nears): finish the current step, save a

@@ -8,15 +8,17 @@ python scripts/train.py --cfg job model=llama3 loss=dpo   # print the resolved c
 import logging
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from aot.config import with_default_output_dir
 from aot.run import train
 
 
 @hydra.main(config_path="../recipes", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("aot").setLevel(logging.INFO)
-    train(cfg)
+    train(with_default_output_dir(cfg, HydraConfig.get().overrides.task))
 
 
 if __name__ == "__main__":
