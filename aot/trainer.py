@@ -240,7 +240,10 @@ def preference_loss(method: str, logps, ref_logps, lengths, batch: dict, loss_kw
     u, v = u.detach(), v.detach()
     if loss_kwargs.get("gather"):  # log the OT batch that was actually sorted: the global one
         u, v = gather_global(u), gather_global(v)
-    return loss, reward_stats(rewards.detach(), is_chosen, batch["paired"], loss_kwargs["beta"], u, v)
+    # Reward metrics describe the whole global batch, whatever was sorted: every rank's rows
+    # (rank order keeps the k-th chosen and k-th rejected of a paired batch aligned).
+    rewards, is_chosen = gather_global(rewards.detach()), gather_global(is_chosen.to(rewards.dtype)).bool()
+    return loss, reward_stats(rewards, is_chosen, batch["paired"], loss_kwargs["beta"], u, v)
 
 
 def reward_stats(rewards, is_chosen, paired: bool, beta: float, u=None, v=None) -> dict[str, float]:

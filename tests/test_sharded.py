@@ -115,6 +115,9 @@ def check_against_one_process(out, oracle, backend: str):
     assert 0.4 < d["params_per_rank"] < 0.6  # really sharded: about half of every tensor per rank
     losses = lambda h: [x["loss"] for x in h if "loss" in x]  # noqa: E731
     assert losses(m["log_history"]) == pytest.approx(losses(one["log_history"]), abs=1e-5)
+    for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen"):  # over every rank's rows
+        got = [h[key] for h in m["log_history"] if key in h]
+        assert got and got == pytest.approx([h[key] for h in one["log_history"] if key in h], abs=1e-6), key
     assert_same_weights(out, one_dir)
     # Diagnostics through the sharded model (rows split over the ranks) == one process.
     assert_close(m["eval_before"], one["eval_before"])

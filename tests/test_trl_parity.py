@@ -17,14 +17,20 @@ N = 9
 BETA = 0.1
 
 
-def trl_loss(loss_type, chosen, rejected, ref_chosen, ref_rejected, label_smoothing=0.0):
+def trl_loss(loss_type, chosen, rejected, ref_chosen, ref_rejected, label_smoothing=0.0, lengths=None):
+    """TRL's loss; ``lengths`` (2N,) gives each sequence that many completion tokens (the
+    sequence's log-prob spread evenly over them), else one token each."""
     logps = torch.cat([chosen, rejected])  # TRL's batch is [chosen; rejected]
     rows = logps.numel()
+    lengths = torch.ones(rows, dtype=torch.long) if lengths is None else lengths
+    width = int(lengths.max()) + 1  # one prompt token, then the completion (right-aligned)
+    completion_mask = (torch.arange(width)[None, :] >= width - lengths[:, None]).long()
+    per_token = completion_mask[:, 1:] * (logps / lengths)[:, None]  # (2N, width - 1), sums to logps
     outputs = SimpleNamespace(
-        log_probs=logps[:, None],  # (2N, 1): the one completion token's log-prob
-        entropy=torch.zeros(rows, 1),
-        mean_logits=torch.zeros(rows, 1),
-        is_top1=torch.zeros(rows, 1, dtype=torch.bool),
+        log_probs=per_token,
+        entropy=torch.zeros(rows, width - 1),
+        mean_logits=torch.zeros(rows, width - 1),
+        is_top1=torch.zeros(rows, width - 1, dtype=torch.bool),
     )
     trainer = SimpleNamespace(
         model=SimpleNamespace(training=True),
@@ -43,9 +49,9 @@ def trl_loss(loss_type, chosen, rejected, ref_chosen, ref_rejected, label_smooth
         _tp_size=1,
     )
     inputs = {
-        "input_ids": torch.ones(rows, 2, dtype=torch.long),
-        "attention_mask": torch.ones(rows, 2, dtype=torch.long),
-        "completion_mask": torch.tensor([[0, 1]] * rows),
+        "input_ids": torch.ones(rows, width, dtype=torch.long),
+        "attention_mask": torch.ones(rows, width, dtype=torch.long),
+        "completion_mask": completion_mask,
         "ref_chosen_logps": ref_chosen,
         "ref_rejected_logps": ref_rejected,
     }
@@ -89,6 +95,29 @@ def test_ipo_matches_trl(logps):
     # One completion token per sequence, so TRL's per-token length normalisation is the identity.
     c, r, rc, rr = logps
     assert torch.allclose(ipo_loss(c - r, rc - rr, beta=BETA), trl_loss("ipo", c, r, rc, rr), rtol=1e-12)
+
+
+def test_ipo_through_our_trainer_matches_trl_with_completions_of_many_lengths(logps):
+    # The trainer's IPO path length-normalises policy and reference log-probs: compare it with
+    # TRL on completions of 1 to 12 tokens, so that the normalisation is actually exercised.
+    from aot.trainer import preference_loss
+
+    c, r, rc, rr = logps
+    lengths = torch.randint(1, 13, (2 * N,), generator=torch.Generator().manual_seed(1))
+    assert len(set(lengths.tolist())) > 5
+    batch = {"is_chosen": torch.tensor([True] * N + [False] * N), "paired": True}
+    ours, _ = preference_loss(
+        "ipo",
+        torch.cat([c, r]),
+        torch.cat([rc, rr]),
+        lengths.double(),
+        batch,
+        {"beta": BETA},
+    )
+    theirs = trl_loss("ipo", c, r, rc, rr, lengths=lengths)
+    assert torch.allclose(ours, theirs, rtol=1e-10, atol=0)
+    unnormalised = ipo_loss(c - r, rc - rr, beta=BETA)
+    assert not torch.allclose(unnormalised, theirs, rtol=1e-3)  # the lengths matter here
 
 
 def test_trl_rejects_the_removed_aot_pair_name(logps):
