@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -156,14 +155,17 @@ def judge_config(judge: str) -> tuple[dict, str]:
     return yaml.safe_load(text), default_url
 
 
-def render_judge(judge: str, url: str | None, out_dir: Path) -> Path:
-    """alpaca_eval's configs.yaml for this judge, with absolute template paths and the endpoint."""
+def render_judge(judge: str, url: str | None, out_dir: Path, model: str | None = None) -> Path:
+    """alpaca_eval's configs.yaml for this judge, with absolute template paths, the endpoint and
+    the model to request (``model``: what the server serves, when not the configured name)."""
     import alpaca_eval
 
     configs, _ = judge_config(judge)
     package_configs = Path(alpaca_eval.__file__).parent / "evaluators_configs"
     for cfg in configs.values():
         cfg["prompt_template"] = str(package_configs / cfg["prompt_template"])
+        if model:
+            cfg["completions_kwargs"]["model_name"] = model
         if url:
             cfg["completions_kwargs"].setdefault("client_kwargs", {})["base_url"] = url
     folder = out_dir / judge
@@ -172,21 +174,39 @@ def render_judge(judge: str, url: str | None, out_dir: Path) -> Path:
     return folder / "configs.yaml"
 
 
-def check_reachable(url: str, judge: str) -> None:
+def check_reachable(url: str, judge: str) -> list[str]:
+    """The model ids the server reports at ``/models`` (empty if it will not say)."""
     request = urllib.request.Request(url.rstrip("/") + "/models")
     key = os.environ.get("OPENAI_API_KEY")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
-        urllib.request.urlopen(request, timeout=10).read()
+        body = json.loads(urllib.request.urlopen(request, timeout=10).read() or b"{}")
     except urllib.error.HTTPError:
-        return  # the server answered: reachable (auth or routing is the client's business)
+        return []  # the server answered: reachable (auth or routing is the client's business)
     except (urllib.error.URLError, OSError) as e:
         raise JudgeUnreachable(
             f"judge {judge!r} at {url} is unreachable ({getattr(e, 'reason', e)}). Start it with "
             "`sbatch slurm/serve_judge.sh` (it prints the URL to pass as JUDGE_URL=...), or point "
             "JUDGE_URL at any OpenAI-compatible endpoint."
         ) from None
+    except ValueError:
+        return []
+    return [m["id"] for m in body.get("data", []) if isinstance(m, dict) and "id" in m]
+
+
+def judge_model(judge: str, configured: str, served: list[str]) -> tuple[str, str]:
+    """(model to request, column label). The label is the model that judged: the configured one,
+    or the one the server reports when it serves another (then with the judge's prompt named), so
+    that verdicts of another model, a stand-in's say, never pass for the named judge's, and
+    the same model on any node lands in one column."""
+    if not served or configured in served:
+        return configured, configured
+    if len(served) > 1:
+        raise JudgeUnreachable(
+            f"the judge server serves {served} but not {configured!r} (evaluation/judges/{judge}/configs.yaml)"
+        )
+    return served[0], f"{served[0]} [{judge} prompt]"
 
 
 def judge_outputs(
@@ -195,17 +215,20 @@ def judge_outputs(
     import pandas as pd
     from alpaca_eval.main import evaluate as alpaca_evaluate
 
-    _, default_url = judge_config(judge)
+    configs, default_url = judge_config(judge)
+    configured = next(iter(configs.values()))["completions_kwargs"]["model_name"]
     url = url or default_url
+    served = []
     if url:
-        check_reachable(url, judge)
+        served = check_reachable(url, judge)
         os.environ.setdefault(
             "OPENAI_API_KEY", os.environ.get("JUDGE_API_KEY", "EMPTY")
         )  # local servers take any
     elif not os.environ.get("OPENAI_API_KEY"):
         raise JudgeUnreachable(f"judge {judge!r} needs OPENAI_API_KEY in the environment (or JUDGE_URL=...)")
+    model, label = judge_model(judge, configured, served)
     out_dir = run_dir / "eval" / "alpaca"
-    config = render_judge(judge, url, out_dir)
+    config = render_judge(judge, url, out_dir, model)
     model_outputs = pd.read_json(outputs_path, lines=True)
     reference = pd.DataFrame(records)
     leaderboard, annotations = alpaca_evaluate(
@@ -220,12 +243,10 @@ def judge_outputs(
         is_overwrite_leaderboard=True,
     )
     row = leaderboard.loc[run_dir.name].to_dict()
-    # A judge config sent to another endpoint is labelled with it, so tables never pass off
-    # another server's verdicts (a stand-in's, say) as the named judge's.
-    label = judge if url == default_url else f"{judge} @ {urllib.parse.urlparse(url).netloc}"
     result = {
         "judge": judge,
         "judge_label": label,
+        "judge_model": model,
         "url": url,
         "win_rate": float(row["win_rate"]),
         "standard_error": float(row["standard_error"]),

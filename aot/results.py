@@ -2,9 +2,12 @@
 
     make results            # writes results/table.md and results/table.csv
 
-One row per run configuration (base model, method, loss options, data), columns AlpacaEval (one
-per judge) and the Open LLM tasks. Runs that differ only in their seed are merged into
-mean +- std over seeds (the paper's Table 10). Base models evaluated with
+One row per run configuration, columns AlpacaEval (one per judge model) and the Open LLM tasks.
+A row's identity is the run's whole resolved config except ``seed``, ``output_dir`` and
+``train.resume``: runs that differ in nothing else are merged into mean +- std over seeds (the
+paper's Table 10); runs that differ in anything (learning rate, batch size, LoRA rank, steps,
+sort strength, data size, ...) are separate rows, and the "Settings" column names the keys in which
+rows of the same model, method and data differ. Base models evaluated with
 ``make eval-open-llm MODEL=...`` get a row of their own (method "base").
 """
 
@@ -19,23 +22,29 @@ import yaml
 
 from aot.eval_open_llm import ALL_TASKS, OPEN_LLM
 
-LOSS_OPTIONS = ("beta", "penalty", "sort", "ot_batch", "ot_batch_size", "label_smoothing")
+NOT_IDENTITY = ("seed", "output_dir", "train.resume")
 TASK_COLUMNS = [t.column for t in OPEN_LLM]
+
+
+def _flatten(node: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _run_scores(run_dir: Path) -> tuple[dict, dict[str, float], str | None]:
     """(identity, {column: value in percent}, Open LLM setting) of one run directory."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    loss = cfg.get("loss", {})
-    method = loss.get("name", "?")
-    options = {k: loss[k] for k in LOSS_OPTIONS if k in loss and loss[k] is not None and method != "base"}
-    if not method.startswith("aot"):
-        options = {k: v for k, v in options.items() if k in ("beta", "label_smoothing")}
+    config = {k: v for k, v in _flatten(cfg).items() if k not in NOT_IDENTITY}
     identity = {
         "model": cfg["model"]["id"],
-        "method": method,
-        "options": options,
+        "method": cfg.get("loss", {}).get("name", "?"),
         "data": (cfg.get("data") or {}).get("name", "-"),
+        "config": config,
     }
     scores, setting = {}, None
     open_llm = run_dir / "eval" / "open_llm" / "results.json"
@@ -80,8 +89,25 @@ def collect(outputs: Path) -> list[dict]:
             values = [s[name] for s in group["scores"] if name in s]
             columns[name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None)
         rows.append({**group, "n": len(group["scores"]), "columns": columns})
+    # Name what sets apart rows of the same model, method and data.
+    for row in rows:
+        peers = [
+            r
+            for r in rows
+            if (r["model"], r["method"], r["data"]) == (row["model"], row["method"], row["data"])
+        ]
+        keys = sorted(
+            {
+                k
+                for r in peers
+                for k in r["config"]
+                if len({json.dumps(p["config"].get(k)) for p in peers}) > 1
+            }
+        )
+        row["options"] = {k: row["config"].get(k) for k in keys}
     return sorted(
-        rows, key=lambda r: (r["model"], r["method"] != "base", r["method"], json.dumps(r["options"]))
+        rows,
+        key=lambda r: (r["model"], r["method"] != "base", r["method"], json.dumps(r["options"], default=str)),
     )
 
 
@@ -97,7 +123,7 @@ def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
     extra = sorted({c for r in rows for c in r["columns"]} - set(alpaca) - set(TASK_COLUMNS))
     columns = alpaca + TASK_COLUMNS + extra
     out.mkdir(parents=True, exist_ok=True)
-    header = ["Model", "Method", "Options", "Data", "Seeds"] + columns
+    header = ["Model", "Method", "Settings", "Data", "Seeds"] + columns
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     with (out / "table.csv").open("w", newline="") as f:
         writer = csv.writer(f)

@@ -7,8 +7,9 @@
 #
 # KEY=VALUE words (or environment variables): JUDGE_MODEL (hub id or local path, default
 # meta-llama/Meta-Llama-3-70B-Instruct), GPUS (default 8), PORT (default 8000), MAX_LEN (default
-# 8192), VENV (a venv with vLLM; default .venv-vllm), MODULES. The served model name is the one
-# evaluation/judges/llama3-70b/configs.yaml asks for, whatever JUDGE_MODEL points at.
+# 8192), VENV (a venv with vLLM; default .venv-vllm), MODULES. The server reports the model it
+# loads under its own name (vLLM's default); make eval-alpaca asks it (/v1/models) and labels the
+# AlpacaEval column with that model, so verdicts of another model never pass for Llama-3-70B's.
 #SBATCH --job-name=aot-judge
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
@@ -24,12 +25,12 @@ for word in "$@"; do
   esac
 done
 REPO=${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
-SERVED=$(grep -m1 'model_name:' "$REPO/evaluation/judges/llama3-70b/configs.yaml" | awk '{print $2}')
-JUDGE_MODEL=${JUDGE_MODEL:-$SERVED} GPUS=${GPUS:-8} PORT=${PORT:-8000} MAX_LEN=${MAX_LEN:-8192}
+CONFIGURED=$(grep -m1 'model_name:' "$REPO/evaluation/judges/llama3-70b/configs.yaml" | awk '{print $2}')
+JUDGE_MODEL=${JUDGE_MODEL:-$CONFIGURED} GPUS=${GPUS:-8} PORT=${PORT:-8000} MAX_LEN=${MAX_LEN:-8192}
 VENV=${VENV:-$REPO/.venv-vllm} MODULES=${MODULES:-}
 HOST=$(hostname)
-SERVE="vllm serve $JUDGE_MODEL --served-model-name $SERVED --tensor-parallel-size $GPUS --port $PORT --max-model-len $MAX_LEN --dtype bfloat16"
-echo "judge URL: JUDGE_URL=http://$HOST:$PORT/v1 (served model name $SERVED)"
+SERVE="vllm serve $JUDGE_MODEL --tensor-parallel-size $GPUS --port $PORT --max-model-len $MAX_LEN --dtype bfloat16"
+echo "judge URL: JUDGE_URL=http://$HOST:$PORT/v1 (serving $JUDGE_MODEL)"
 if [ -n "${DRY_RUN:-}" ]; then
   [ -n "$MODULES" ] && echo "module load $MODULES"
   echo "source $VENV/bin/activate"

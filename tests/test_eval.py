@@ -79,11 +79,8 @@ def test_task_plans(lora_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "judge,model_name",
-    [("llama3-70b", "meta-llama/Meta-Llama-3-70B-Instruct"), ("gpt4", "gpt-4-1106-preview")],
-)
-def test_alpaca_eval_end_to_end_with_a_standin_judge(lora_run, alpaca_set, judge, model_name, capsys, caplog):
+@pytest.mark.parametrize("judge", ["llama3-70b", "gpt4"])
+def test_alpaca_eval_end_to_end_with_a_standin_judge(lora_run, alpaca_set, judge, capsys, caplog):
     judge_server = StandinJudge()
     with judge_server as url:
         result = alpaca(str(lora_run), judge, alpaca_set, url, max_new_tokens=16)
@@ -92,7 +89,9 @@ def test_alpaca_eval_end_to_end_with_a_standin_judge(lora_run, alpaca_set, judge
         assert f"win rate: {result['win_rate']:.2f}" in out
         assert 0 <= result["win_rate"] <= 100 and result["n_total"] == 3
         assert result["lc_win_rate"] is None and "lc_unavailable" in result  # offline: no GLM inputs
-        assert len(requests) == 3 and all(r["model"] == model_name for r in requests)
+        # The stand-in serves "stand-in-judge", not the configured model: that is what is asked.
+        assert len(requests) == 3 and all(r["model"] == "stand-in-judge" for r in requests)
+        assert result["judge_model"] == "stand-in-judge" and result["url"] == url
         assert all(bool(r.get("logprobs")) == (judge == "gpt4") for r in requests)
         board = (lora_run / "eval" / "alpaca" / judge / "leaderboard.csv").read_text()
         assert lora_run.name in board
@@ -102,8 +101,10 @@ def test_alpaca_eval_end_to_end_with_a_standin_judge(lora_run, alpaca_set, judge
         assert "reusing 3 generated outputs" in caplog.text
     rows = collect(lora_run.parent)
     md, _ = write_table(rows, lora_run.parent / "results")
-    # Judged by the stand-in, not the named judge's default endpoint: the column says so.
-    assert f"AlpacaEval ({judge} @ 127.0.0.1:" in md.read_text() and "aot_unpaired" in md.read_text()
+    # Judged by the stand-in, not the named judge: the column names the model the server reported.
+    assert (
+        f"AlpacaEval (stand-in-judge [{judge} prompt])" in md.read_text() and "aot_unpaired" in md.read_text()
+    )
 
 
 @pytest.mark.slow
@@ -132,14 +133,21 @@ def test_unknown_judge_lists_the_valid_ones(lora_run, alpaca_set):
         alpaca(str(lora_run), "claude", alpaca_set)
 
 
-def _fake_run(root, name, seed, loss, scores, judge_rate=None):
+def _fake_run(root, name, seed, loss, scores, judge_rate=None, train=None):
     run = root / name
     (run / "eval" / "open_llm").mkdir(parents=True)
     cfg = {
         "model": {"id": "merlinite", "name_or_path": "ibm/merlinite-7b"},
         "seed": seed,
+        "output_dir": str(run),
         "loss": {"name": loss, "beta": 0.01, "penalty": "logistic", "sort": "hard", "ot_batch": "global"},
         "data": {"name": "ultrafeedback"},
+        "train": {
+            "learning_rate": 5e-6,
+            "per_device_train_batch_size": 16,
+            "resume": "auto",
+            **(train or {}),
+        },
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     results = {
@@ -168,13 +176,22 @@ def test_results_table_merges_seeds(tmp_path):
     assert aot["columns"]["ARC"][1] == pytest.approx(1.4142, abs=1e-3)  # sample std of 60 and 62
     md, csv_path = write_table(rows, tmp_path / "results")
     text = md.read_text()
-    assert (
-        "| merlinite | aot_unpaired | beta=0.01, penalty=logistic, sort=hard, ot_batch=global | ultrafeedback | 1,2 | 31.0 ± 1.4 | 61.0 ± 1.4 |"
-        in text
-    )
-    assert "| merlinite | dpo | beta=0.01 | ultrafeedback | 1 | 27.4 |" in text
+    assert "| merlinite | aot_unpaired | - | ultrafeedback | 1,2 | 31.0 ± 1.4 | 61.0 ± 1.4 |" in text
+    assert "| merlinite | dpo | - | ultrafeedback | 1 | 27.4 |" in text
     header = csv_path.read_text().splitlines()[0]
     assert header.startswith("model,method,options,data,seeds") and "AlpacaEval (gpt4) std" in header
+
+
+def test_results_never_merge_runs_that_differ_beyond_the_seed(tmp_path):
+    # Same seed, same loss options; only train.* differs: two rows, each naming what differs.
+    _fake_run(tmp_path, "lr-a", 42, "aot_unpaired", (0.60, 0.30), train={"learning_rate": 5e-6})
+    _fake_run(tmp_path, "lr-b", 42, "aot_unpaired", (0.40, 0.10), train={"learning_rate": 1e-4})
+    _fake_run(tmp_path, "bs", 42, "aot_unpaired", (0.50, 0.20), train={"per_device_train_batch_size": 8})
+    rows = collect(tmp_path)
+    assert len(rows) == 3 and all(r["seeds"] == [42] and r["columns"]["ARC"][1] is None for r in rows)
+    text = write_table(rows, tmp_path / "results")[0].read_text()
+    assert "train.learning_rate=0.0001, train.per_device_train_batch_size=16" in text
+    assert "train.learning_rate=5e-06, train.per_device_train_batch_size=8" in text
 
 
 def test_make_results_runs(tmp_path):
@@ -215,6 +232,21 @@ def test_slurm_eval_and_judge_dry_runs():
         ["bash", "slurm/serve_judge.sh"], capture_output=True, text=True, cwd=REPO, env=env
     )
     assert judge.returncode == 0 and "JUDGE_URL=http://" in judge.stdout
-    assert "--served-model-name meta-llama/Meta-Llama-3-70B-Instruct --tensor-parallel-size 8" in judge.stdout
+    assert "vllm serve meta-llama/Meta-Llama-3-70B-Instruct --tensor-parallel-size 8" in judge.stdout
+    assert "--served-model-name" not in judge.stdout  # the server names the model it loads
     missing = subprocess.run(["bash", "slurm/eval.sh"], capture_output=True, text=True, cwd=REPO, env=env)
     assert missing.returncode == 2 and "RUN=<run dir> is required" in missing.stderr
+
+
+def test_the_judge_column_is_the_model_that_judged():
+    from aot.eval_alpaca import judge_model
+
+    name = "meta-llama/Meta-Llama-3-70B-Instruct"
+    assert judge_model("llama3-70b", name, [name]) == (name, name)  # any node serving it: one column
+    assert judge_model("llama3-70b", name, []) == (name, name)  # a server that will not list models
+    assert judge_model("llama3-70b", name, ["/models/llama-70b"]) == (
+        "/models/llama-70b",
+        "/models/llama-70b [llama3-70b prompt]",
+    )
+    with pytest.raises(JudgeUnreachable, match="serves"):
+        judge_model("llama3-70b", name, ["a", "b"])
