@@ -45,18 +45,19 @@ eval-open-llm: install
 		$(if $(LEADERBOARD),--leaderboard) $(if $(TINY),--tiny) $(if $(TASKS),--tasks $(TASKS)) \
 		$(if $(INCLUDE),--include-path $(INCLUDE)) $(if $(BACKEND),--backend $(BACKEND))
 
-# make eval-alpaca RUN=<run dir> JUDGE=<gpt4|llama3-70b> [JUDGE_URL=http://host:port/v1] [ALPACA_SET=file.json]
+# make eval-alpaca RUN=<run dir> | MODEL=<recipe or hub id> JUDGE=<gpt4|llama3-70b> [JUDGE_URL=http://host:port/v1] [ALPACA_SET=file.json]
 JUDGE ?= gpt4
 eval-alpaca: install
-	$(PY) scripts/eval_alpaca.py --run $(RUN) --judge $(JUDGE) $(if $(JUDGE_URL),--judge-url $(JUDGE_URL)) \
+	$(PY) scripts/eval_alpaca.py $(if $(RUN),--run $(RUN),--model $(MODEL)) --judge $(JUDGE) $(if $(JUDGE_URL),--judge-url $(JUDGE_URL)) \
 		$(if $(ALPACA_SET),--alpaca-set $(ALPACA_SET)) $(if $(MAX_NEW_TOKENS),--max-new-tokens $(MAX_NEW_TOKENS))
 
 # make experiment [QUICK=1] [OUT=dir]: SmolLM2 x VADER true reward, every method (aot/experiment.py)
 experiment: install smollm2
 	$(PY) scripts/experiment.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
+# make results [VARIANT=leaderboard|easy_acc]: the table of every evaluated run (aot/results.py)
 results: install
-	$(PY) scripts/results.py
+	$(PY) scripts/results.py $(if $(VARIANT),--variant $(VARIANT))
 
 test: install
 	$(PY) -m pytest -q tests

@@ -67,14 +67,18 @@ def _load_model(run_dir: Path):
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    base_path = cfg["model"]["name_or_path"]
+    is_base = cfg.get("loss", {}).get("name") == "base"  # outputs/<id>-base: the model itself
     if (run_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(cfg["model"]["name_or_path"], dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
         model = PeftModel.from_pretrained(base, run_dir).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_path if is_base else run_dir, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(base_path if is_base else run_dir)
+    if not tokenizer.chat_template and cfg["model"].get("chat_template"):  # a recipe's fallback
+        tokenizer.chat_template = cfg["model"]["chat_template"]
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -267,12 +271,22 @@ def judge_outputs(
 
 
 def evaluate(
-    run: str,
+    run: str | None,
     judge: str,
     alpaca_set: str | None = None,
     judge_url: str | None = None,
     max_new_tokens: int | None = None,
+    model: str | None = None,
+    outputs: str | Path = "outputs",
 ) -> dict:
+    """AlpacaEval of a run directory, or (``model=``: a recipe name, hub id or local directory)
+    of a base model, written to ``outputs/<id>-base/`` as the paper's base rows."""
+    if bool(run) == bool(model):
+        raise ValueError("give exactly one of RUN=<run dir> or MODEL=<recipe or hub id>")
+    if model:
+        from aot.eval_open_llm import base_run_dir
+
+        run = str(base_run_dir(model, outputs))
     run_dir = Path(run)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir}/config.yaml: not a run directory (make train writes it)")

@@ -49,8 +49,44 @@ TINY = (
     Task("tinyWinogrande", "Winogrande", "acc_norm,none", 5),
     Task("tinyGSM8k", "GSM8K", "exact_match,strict-match", 5),
 )
+# tinyBenchmarks' IRT estimator (the `tinyBenchmarks` package) is only on GitHub. Without it the
+# tiny subsets run as <task>_raw: the same data and shots, aggregated by the plain mean, and
+# labelled as raw accuracy on the tiny subset (not an estimate of the full benchmark).
+TINY_RAW = tuple(
+    Task(f"{t.name}_raw", f"{t.column} (tiny subset, raw)", t.metric, t.leaderboard_shots) for t in TINY
+)
 BUNDLED = (Task("aot_tiny_qa", "TinyQA", "acc,none", 0),)
-ALL_TASKS = {t.name: t for t in OPEN_LLM + TINY + BUNDLED}
+# Every variant a paper row might mean is run and recorded: ARC Challenge and Easy (acc and
+# acc_norm), HellaSwag (acc and acc_norm), GSM8K (strict and flexible match) all land in
+# results.json; `make results VARIANT=` picks the one the table shows (aot.results.VARIANTS).
+EXTRA = (Task("arc_easy", "ARC-Easy", "acc,none", 25),)
+ALL_TASKS = {t.name: t for t in OPEN_LLM + TINY + TINY_RAW + BUNDLED + EXTRA}
+
+
+def tiny_estimator_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tinyBenchmarks") is not None
+
+
+def raw_tiny_tasks(dest: Path) -> Path:
+    """lm-eval's tinyBenchmarks task configs as ``<task>_raw``, each IRT aggregation replaced by
+    the mean (same data, prompts and shot counts)."""
+    import re
+
+    import lm_eval.tasks
+
+    src = Path(lm_eval.tasks.__file__).parent / "tinyBenchmarks"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name in ("agg_functions.py", "tinyBenchmarks.yaml") or f.suffix not in (".yaml", ".py"):
+            continue
+        text = f.read_text()
+        if f.suffix == ".yaml":
+            text = re.sub(r"aggregation: !function agg_functions\.\w+", "aggregation: mean", text)
+            text = re.sub(r"^task: (\w+)$", r"task: \1_raw", text, flags=re.M)
+        (dest / f.name).write_text(text)
+    return dest
 
 
 @dataclass
@@ -86,42 +122,59 @@ def resolve_target(
             run_dir.name,
             cfg["model"]["id"] == "tiny",
         )
-    recipe = REPO / "recipes" / "model" / f"{model}.yaml"
-    if recipe.is_file():
-        model_id, path = model, yaml.safe_load(recipe.read_text())["model"]["name_or_path"]
-        if path == "tiny":
-            from aot.tiny import build_tiny
+    run_dir = base_run_dir(model, outputs)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    model_id, path = cfg["model"]["id"], cfg["model"]["name_or_path"]
+    return Target(
+        {"pretrained": path, "dtype": dtype}, run_dir / "eval" / "open_llm", run_dir.name, model_id == "tiny"
+    )
 
-            path = str(build_tiny())
+
+def base_run_dir(model: str, outputs: str | Path = "outputs") -> Path:
+    """``outputs/<id>-base/`` for a base model (a recipe name, hub id or local directory), with a
+    config.yaml like a run's (model id, path, the recipe's fallback chat template, loss "base"),
+    so that it gets evaluated and tabled like any run."""
+    recipe = REPO / "recipes" / "model" / f"{model}.yaml"
+    template = None
+    if recipe.is_file():
+        spec = yaml.safe_load(recipe.read_text())["model"]
+        model_id, path, template = model, spec["name_or_path"], spec.get("chat_template")
+        if path in ("tiny", "smollm2"):  # the offline fixtures, built or converted on first use
+            from omegaconf import OmegaConf
+
+            from aot.run import model_path
+
+            path = model_path(OmegaConf.create({"model": {"name_or_path": path}}))
     else:  # a hub id or a local directory
         model_id, path = model.rstrip("/").split("/")[-1], model
-    out = Path(outputs) / f"{model_id}-base" / "eval" / "open_llm"
-    _write_base_config(out.parents[1], model_id, path)
-    return Target({"pretrained": path, "dtype": dtype}, out, f"{model_id}-base", model_id == "tiny")
-
-
-def _write_base_config(run_dir: Path, model_id: str, path: str) -> None:
-    """A base model's row in the results table needs a config.yaml like a run's."""
+    run_dir = Path(outputs) / f"{model_id}-base"
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model": {"id": model_id, "name_or_path": path}, "loss": {"name": "base"}, "seed": None}
+    config = {
+        "model": {"id": model_id, "name_or_path": path, "chat_template": template},
+        "loss": {"name": "base"},
+        "seed": None,
+    }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    return run_dir
 
 
 def task_plan(
-    target: Target, tasks: str | None, leaderboard: bool, tiny: bool
+    target: Target, tasks: str | None, leaderboard: bool, tiny: bool, raw_tiny: bool = False
 ) -> list[tuple[list[str], int]]:
-    """Groups of tasks that share a shot count: [(tasks, num_fewshot), ...]."""
+    """Groups of tasks that share a shot count: [(tasks, num_fewshot), ...]. The tiny tasks
+    always take their own shot counts (the ones tinyBenchmarks' estimator was fitted with)."""
     if tasks:
         names = [t.strip() for t in tasks.split(",") if t.strip()]
     elif tiny:
-        names = [t.name for t in TINY]
+        names = [t.name for t in (TINY_RAW if raw_tiny else TINY)]
     elif target.tiny:
         names = [t.name for t in BUNDLED]
     else:
-        names = [t.name for t in OPEN_LLM]
+        names = [t.name for t in OPEN_LLM + EXTRA]
     groups: dict[int, list[str]] = {}
     for name in names:
-        shots = ALL_TASKS[name].leaderboard_shots if leaderboard and name in ALL_TASKS else 0
+        own = name in ALL_TASKS and ALL_TASKS[name] in TINY + TINY_RAW
+        shots = ALL_TASKS[name].leaderboard_shots if (leaderboard or own) and name in ALL_TASKS else 0
         groups.setdefault(shots, []).append(name)
     return [(names, shots) for shots, names in sorted(groups.items())]
 
@@ -158,8 +211,15 @@ def evaluate(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     target = resolve_target(run, model, outputs=outputs)
-    plan = task_plan(target, tasks, leaderboard, tiny)
+    raw_tiny = tiny and not tiny_estimator_available()
     includes = [str(LOCAL_TASKS)] + ([include_path] if include_path else [])
+    if raw_tiny:
+        log.warning(
+            "tinyBenchmarks (its IRT estimator) is not installed, and it is only on GitHub: reporting the "
+            "tiny subsets' RAW accuracy (<task>_raw), not an estimate of the full benchmarks"
+        )
+        includes.append(str(raw_tiny_tasks(target.out_dir / "tiny_raw_tasks")))
+    plan = task_plan(target, tasks, leaderboard, tiny, raw_tiny)
     manager = TaskManager(include_path=includes)
     if backend == "vllm":
         target.model_args = {**target.model_args}
@@ -182,7 +242,13 @@ def evaluate(
         for key in merged:
             merged[key].update(out.get(key, {}))
         merged["config"] = out.get("config", {})
-    merged["setting"] = "leaderboard_v1_shots" if leaderboard else "zero_shot"
+    merged["setting"] = (
+        ("tiny_raw_accuracy" if raw_tiny else "tiny_irt_estimate")
+        if tiny
+        else "leaderboard_v1_shots"
+        if leaderboard
+        else "zero_shot"
+    )
     merged["model_args"] = target.model_args
     target.out_dir.mkdir(parents=True, exist_ok=True)
     (target.out_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")

@@ -91,7 +91,7 @@ HELDOUT_TOPICS = [
     "a night train",
     "a board game evening",
 ]
-METHODS = ("aot_unpaired", "aot_paired", "dpo", "ipo", "kto")
+METHODS = ("aot_unpaired", "dpo", "aot_paired", "ipo", "kto")
 UNPAIRED_METHODS = ("aot_unpaired", "kto")
 
 
@@ -104,6 +104,9 @@ class Settings:
     samples_per_heldout_prompt: int = 4
     max_new_tokens: int = 40
     seeds: tuple = (1, 2)
+    # On 2 CPU cores the hour allows 7 runs: two seeds for the comparison the paper makes
+    # (AOT unpaired against DPO), one for the others.
+    one_seed: tuple = ("aot_paired", "ipo", "kto")
     steps: int = 30
     batch: int = 8
     learning_rate: float = 2e-4
@@ -119,7 +122,7 @@ class Settings:
     def quick(cls) -> Settings:
         return cls(
             train_prompts=12, heldout_prompts=4, samples_per_heldout_prompt=2, max_new_tokens=10, seeds=(1,),
-            steps=2, batch=4, max_length=64, gen_batch=16,
+            steps=2, batch=4, max_length=64, gen_batch=16, one_seed=METHODS,
         )  # fmt: skip
 
 
@@ -367,7 +370,7 @@ def run_experiment(out: Path, s: Settings) -> dict:
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
     base = str(ensure_smollm2())
     data = build_data(out, base, s)
-    runs = {(m, seed): train_run(out, m, seed, data, s) for m in s.methods for seed in s.seeds}
+    runs = {(m, seed): train_run(out, m, seed, data, s) for m in s.methods for seed in seeds_of(m, s)}
     _, heldout = make_prompts(s.train_prompts, s.heldout_prompts)
     prompts = [p for p in heldout for _ in range(s.samples_per_heldout_prompt)]
     ref = load_policy(base)
@@ -387,7 +390,7 @@ def run_experiment(out: Path, s: Settings) -> dict:
         }
     summary = {"reference": rows["reference"], "methods": {}, "runs": per_run}
     for method in s.methods:
-        seeds = [per_run[f"{method}-s{seed}"] for seed in s.seeds]
+        seeds = [per_run[f"{method}-s{seed}"] for seed in seeds_of(method, s)]
         summary["methods"][method] = {
             key: _mean_std([r[key] for r in seeds])
             for key in ("mean", "fsd_violation_vs_reference", "win_rate_vs_reference", "kl",
@@ -403,23 +406,28 @@ def run_experiment(out: Path, s: Settings) -> dict:
     return summary
 
 
+def seeds_of(method: str, s: Settings) -> tuple:
+    return s.seeds[:1] if method in s.one_seed else s.seeds
+
+
 def _mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
 
 
 def table(summary: dict) -> str:
     ref = summary["reference"]
     head = (
-        "| policy | VADER mean | FSD violation vs ref | win rate vs ref | KL est. | implicit reward acc. | implicit FSD viol. |\n"
-        "|---|---:|---:|---:|---:|---:|---:|\n"
-        f"| reference (SmolLM2) | {ref['mean']:.3f} | - | - | 0 | - | - |\n"
+        "| policy | seeds | VADER mean | FSD violation vs ref | win rate vs ref | KL est. | implicit reward acc. | implicit FSD viol. |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        f"| reference (SmolLM2) | - | {ref['mean']:.3f} | - | - | 0 | - | - |\n"
     )
 
     def cell(d):
-        return f"{d['mean']:.3f} ± {d['std']:.3f}"
+        return f"{d['mean']:.3f}" if d["std"] is None else f"{d['mean']:.3f} ± {d['std']:.3f}"
 
     rows = "".join(
-        f"| {m} | {cell(d['mean'])} | {cell(d['fsd_violation_vs_reference'])} | {cell(d['win_rate_vs_reference'])} | "
+        f"| {m} | {d['mean']['n']} | {cell(d['mean'])} | {cell(d['fsd_violation_vs_reference'])} | {cell(d['win_rate_vs_reference'])} | "
         f"{cell(d['kl'])} | {cell(d['implicit_reward_accuracy'])} | {cell(d['implicit_fsd_violation'])} |\n"
         for m, d in summary["methods"].items()
     )

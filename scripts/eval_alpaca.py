@@ -1,6 +1,7 @@
 """AlpacaEval for a run: generation with its chat template, then a judge (aot/eval_alpaca.py).
 
 python scripts/eval_alpaca.py --run outputs/tiny-aot_unpaired-sample --judge llama3-70b
+python scripts/eval_alpaca.py --model merlinite --judge gpt4      # the base model's row
 """
 
 import argparse
@@ -13,7 +14,9 @@ from aot.eval_alpaca import JudgeUnreachable, evaluate
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="a run directory written by make train")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a run directory written by make train")
+    which.add_argument("--model", help="a base model: recipe name, hub id or local directory")
     p.add_argument("--judge", default="gpt4", help="a folder of evaluation/judges/ (gpt4, llama3-70b)")
     p.add_argument(
         "--alpaca-set",
@@ -27,7 +30,7 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        evaluate(a.run, a.judge, a.alpaca_set, a.judge_url, a.max_new_tokens)
+        evaluate(a.run, a.judge, a.alpaca_set, a.judge_url, a.max_new_tokens, model=a.model)
     except JudgeUnreachable as e:
         sys.exit(f"error: {e}")
 

@@ -3,16 +3,22 @@
 import argparse
 from pathlib import Path
 
-from aot.results import collect, write_table
+from aot.results import VARIANTS, collect, write_table
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--outputs", default="outputs", help="folder of run directories")
     p.add_argument("--out", default="results", help="where table.md and table.csv go")
+    p.add_argument(
+        "--variant",
+        default="leaderboard",
+        choices=sorted(VARIANTS),
+        help="what the ARC, HellaSwag, GSM8K columns show",
+    )
     a = p.parse_args()
-    rows = collect(Path(a.outputs))
-    md, csv_path = write_table(rows, Path(a.out))
+    rows = collect(Path(a.outputs), a.variant)
+    md, csv_path = write_table(rows, Path(a.out), a.variant)
     print(md.read_text())
     print(f"wrote {md} and {csv_path} ({len(rows)} rows)")
 

@@ -65,17 +65,50 @@ def test_task_plans(lora_run):
     assert task_plan(target, None, False, False) == [(["aot_tiny_qa"], 0)]
     real = resolve_target(None, "/some/local/model", outputs="/tmp/aot-plan-test")
     assert task_plan(real, None, False, False) == [
-        (["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k"], 0)
+        (["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k", "arc_easy"], 0)
     ]
     leaderboard = dict((s, n) for n, s in task_plan(real, None, True, False))
     assert leaderboard == {
         0: ["truthfulqa_mc2"],
         5: ["mmlu", "winogrande", "gsm8k"],
         10: ["hellaswag"],
-        25: ["arc_challenge"],
+        25: ["arc_challenge", "arc_easy"],
     }
-    assert task_plan(real, None, False, True)[0][0][0] == "tinyArc"
+    # The tiny tasks always take their own shot counts (their estimator was fitted with them).
+    own = {
+        "tinyArc": 25,
+        "tinyHellaswag": 10,
+        "tinyWinogrande": 5,
+        "tinyGSM8k": 5,
+        "tinyMMLU": 0,
+        "tinyTruthfulQA": 0,
+    }
+    for raw in (False, True):
+        plan = {n: shots for names, shots in task_plan(real, None, False, True, raw) for n in names}
+        assert plan == {(f"{k}_raw" if raw else k): v for k, v in own.items()}
     assert task_plan(real, "arc_easy,my_task", False, False) == [(["arc_easy", "my_task"], 0)]
+
+
+def test_tiny_tasks_fall_back_to_labelled_raw_accuracy_without_the_estimator(tmp_path):
+    import yaml as _yaml
+    from lm_eval.tasks import TaskManager
+
+    from aot.eval_open_llm import TINY_RAW, raw_tiny_tasks, tiny_estimator_available
+
+    assert not tiny_estimator_available()  # not on PyPI: the pinned environment cannot have it
+    folder = raw_tiny_tasks(tmp_path / "raw")
+    manager = TaskManager(include_path=[str(folder)])
+    assert {t.name for t in TINY_RAW} <= set(manager.all_tasks)
+
+    class Loader(_yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: f"!{suffix}")
+    arc = _yaml.load((folder / "tinyArc.yaml").read_text(), Loader=Loader)
+    assert arc["task"] == "tinyArc_raw" and arc["num_fewshot"] == 25
+    assert arc["metric_list"][0]["aggregation"] == "mean"
+    assert all("agg_functions" not in f.read_text() for f in folder.glob("*.yaml"))
+    assert all("raw" in t.column for t in TINY_RAW)  # never shown as the full benchmark's score
 
 
 @pytest.mark.slow
@@ -105,6 +138,22 @@ def test_alpaca_eval_end_to_end_with_a_standin_judge(lora_run, alpaca_set, judge
     assert (
         f"AlpacaEval (stand-in-judge [{judge} prompt])" in md.read_text() and "aot_unpaired" in md.read_text()
     )
+
+
+@pytest.mark.slow
+def test_alpaca_eval_of_a_base_model_gives_the_base_row(tmp_path, alpaca_set, tiny_path):
+    with StandinJudge() as url:
+        result = alpaca(None, "llama3-70b", alpaca_set, url, max_new_tokens=8, model="tiny", outputs=tmp_path)
+    assert result["n_total"] == 3
+    base = tmp_path / "tiny-base"
+    assert yaml.safe_load((base / "config.yaml").read_text())["loss"]["name"] == "base"
+    assert not list(base.glob("*.safetensors"))  # the model is loaded from its own path, not copied
+    rows = collect(tmp_path)
+    assert [r["method"] for r in rows] == ["base"] and any(
+        c.startswith("AlpacaEval") for c in rows[0]["columns"]
+    )
+    with pytest.raises(ValueError, match="exactly one of"):
+        alpaca(None, "llama3-70b", alpaca_set, url)
 
 
 @pytest.mark.slow
@@ -250,3 +299,25 @@ def test_the_judge_column_is_the_model_that_judged():
     )
     with pytest.raises(JudgeUnreachable, match="serves"):
         judge_model("llama3-70b", name, ["a", "b"])
+
+
+def test_one_setting_picks_the_open_llm_variant_and_every_variant_is_kept(tmp_path):
+    run = tmp_path / "r"
+    _fake_run(tmp_path, "r", 1, "aot_unpaired", (0.5, 0.2))
+    results = {
+        "arc_challenge": {"acc,none": 0.40, "acc_norm,none": 0.45},
+        "arc_easy": {"acc,none": 0.80, "acc_norm,none": 0.75},
+        "hellaswag": {"acc,none": 0.57, "acc_norm,none": 0.76},
+        "gsm8k": {"exact_match,strict-match": 0.70, "exact_match,flexible-extract": 0.75},
+    }
+    (run / "eval" / "open_llm" / "results.json").write_text(
+        json.dumps({"results": results, "setting": "zero_shot"})
+    )
+    lb = collect(tmp_path)[0]["columns"]
+    easy = collect(tmp_path, "easy_acc")[0]["columns"]
+    assert (lb["ARC"][0], lb["HellaSwag"][0], lb["GSM8K"][0]) == pytest.approx((45.0, 76.0, 70.0))
+    assert (easy["ARC"][0], easy["HellaSwag"][0], easy["GSM8K"][0]) == pytest.approx((80.0, 57.0, 75.0))
+    md = write_table(collect(tmp_path, "easy_acc"), tmp_path / "t", "easy_acc")[0].read_text()
+    assert "columns: easy_acc (ARC = arc_easy acc" in md
+    with pytest.raises(ValueError, match="unknown variant"):
+        collect(tmp_path, "best")
