@@ -457,6 +457,12 @@ def plot_true_quantiles(path: Path, reference: list[float], out: Path, runs: dic
     ax.set_xlabel("quantile level")
     ax.set_ylabel("VADER compound (true reward)")
     ax.set_title("True-reward quantiles on held-out prompts (seeds pooled)")
+    _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -479,7 +485,4 @@ def plot_reward_vs_kl(path: Path, summary: dict) -> None:
         seen.add(method)
     ax.set_xlabel("KL estimate to the reference (nats / sequence)")
     ax.set_ylabel("VADER mean on held-out prompts")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path)

@@ -59,3 +59,15 @@ def assert_same_weights(a, b, atol=1e-5):
         assert moved > 1e-3  # the update is not trivially zero
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=0, atol=atol), (k, (wa[k] - wb[k]).abs().max().item())
+
+
+def wait_for_checkpoint(proc, checkpoint, timeout: float = 900) -> None:
+    """Wait for a running training process to write ``checkpoint`` (an event, not a duration);
+    fail if the process ends first or the generous limit passes."""
+    import time
+
+    deadline = time.time() + timeout
+    while not (checkpoint / "trainer_state.json").exists():
+        assert proc.poll() is None, f"run ended before {checkpoint.name}"
+        assert time.time() < deadline, f"no {checkpoint.name} after {timeout} s"
+        time.sleep(0.05)

@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, SGD, adapter, assert_same_weights, compose
+from conftest import REPO, SGD, adapter, assert_same_weights, compose, wait_for_checkpoint
 
 from aot.run import ConfigError, ot_batch_line, train
 
@@ -177,10 +176,7 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path, tiny_path):
     out = tmp_path / "interrupted"
     cmd = [sys.executable, *args, f"output_dir={out}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (out / "checkpoint-5" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
+    wait_for_checkpoint(proc, out / "checkpoint-5")
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log[-2000:]
@@ -255,10 +251,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_p
         *args,
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (out / "checkpoint-5" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
+    wait_for_checkpoint(proc, out / "checkpoint-5")
     workers = [
         c
         for c in psutil.Process(proc.pid).children(recursive=True)

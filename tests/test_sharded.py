@@ -12,11 +12,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO, SGD, assert_same_weights, compose, weights
+from conftest import REPO, SGD, assert_same_weights, compose, wait_for_checkpoint, weights
 
 from aot.run import train
 
@@ -199,10 +198,7 @@ def test_sigterm_and_resume_under_fsdp2_give_the_uninterrupted_adapter(tmp_path,
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.time() + 600
-    while not (out / "checkpoint-5" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
+    wait_for_checkpoint(proc, out / "checkpoint-5")
     import psutil
 
     workers = [

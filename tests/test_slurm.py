@@ -7,10 +7,9 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
-from conftest import REPO
+from conftest import REPO, wait_for_checkpoint
 
 SCRIPT = os.path.join(REPO, "slurm", "train.sh")
 
@@ -150,10 +149,7 @@ def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(tmp
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.time() + 600
-    while not (out / "checkpoint-5" / "trainer_state.json").exists():
-        assert job.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
+    wait_for_checkpoint(job, out / "checkpoint-5")
     job.send_signal(signal.SIGUSR1)  # what `--signal=B:USR1@120` sends before the time limit
     log, _ = job.communicate(timeout=600)
     assert job.returncode == 0, log[-3000:]
