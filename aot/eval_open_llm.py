@@ -6,8 +6,8 @@
     make eval-open-llm RUN=... TINY=1             # tinyBenchmarks, for quick feedback
 
 A LoRA run is evaluated as base + adapter (lm-eval's ``peft=``), a full run from its directory.
-Runs of the tiny model default to the bundled local task ``aot_tiny_qa`` (the real tasks
-download from the hub). Writes lm-eval's results JSON and a one-line summary into
+Runs of the offline fixtures (tiny, smollm2) default to the bundled local task ``aot_tiny_qa``
+(the real tasks download from the hub). Writes lm-eval's results JSON and a one-line summary into
 ``<run>/eval/open_llm/``.
 """
 
@@ -89,6 +89,9 @@ def raw_tiny_tasks(dest: Path) -> Path:
     return dest
 
 
+OFFLINE_FIXTURES = ("tiny", "smollm2")  # default to the bundled task: the real ones download
+
+
 @dataclass
 class Target:
     """What to evaluate: lm-eval model_args, where results go, and whether it is the tiny model."""
@@ -120,7 +123,7 @@ def resolve_target(
             {**args, "dtype": dtype},
             run_dir / "eval" / "open_llm",
             run_dir.name,
-            cfg["model"]["id"] == "tiny",
+            cfg["model"]["id"] in OFFLINE_FIXTURES,
         )
     run_dir = base_run_dir(model, outputs)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -226,7 +226,9 @@ def build_data(out: Path, base: str, s: Settings) -> dict[str, Path]:
         ]
 
     generations = _cached_json(out / "data" / "generations.json", generate)
-    for g in generations:
+    from tqdm import tqdm
+
+    for g in tqdm(generations, desc="VADER scores", unit="prompt"):
         g["scores"] = [score(c) for c in g["completions"]]
     rng = random.Random(0)
     paired = {"train": [], "heldout": []}

@@ -90,6 +90,18 @@ def test_aot_on_smollm2_saves_an_adapter_that_reloads_with_peft(tmp_path, smollm
     for key, value in metrics["eval_after"]["chosen_reward_quantiles"].items():
         assert reloaded["chosen_reward_quantiles"][key] == pytest.approx(value, abs=1e-5)
 
+    # The run evaluates like any other: lm-eval on the bundled offline task (base + adapter) and
+    # AlpacaEval generation on a local instruction set, with the run's ChatML template.
+    from aot.eval_alpaca import GENERATION, generate
+    from aot.eval_open_llm import evaluate as open_llm
+
+    lm = open_llm(run=str(out), batch_size="8", limit=8)
+    assert 0 <= lm["results"]["aot_tiny_qa"]["acc,none"] <= 1 and lm["model_args"]["peft"] == str(out)
+    records = [{"instruction": "Name a fruit.", "output": "An apple.", "generator": "ref", "dataset": "t"}]
+    outputs = generate(out, records, {**GENERATION, "instruction_set": "t", "max_new_tokens": 8})
+    row = json.loads(outputs.read_text().splitlines()[0])
+    assert row["output"] and "<|im" not in row["output"]
+
 
 def test_generation_uses_the_real_chat_template(tmp_path, smollm2):
     from aot.experiment import load_policy, sample
