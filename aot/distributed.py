@@ -135,13 +135,8 @@ def backend_name(trainer) -> str:
 def describe(trainer, total_params: int) -> dict:
     """What actually ran, after the Trainer prepared the model: backend, processes, share of the
     policy's parameters held by this rank (``total_params`` is counted before preparation)."""
-    model = trainer.model_wrapped
-    local = sum(_local_and_total(p)[0] for p in model.parameters())
-    if (
-        getattr(trainer.accelerator.state, "fsdp_plugin", None) is not None
-        and trainer.accelerator.state.fsdp_plugin.fsdp_version == 1
-    ):
-        local = sum(p.numel() for p in model.parameters())  # use_orig_params: views of the local shard
+    # FSDP1 with use_orig_params exposes views of the local shard: their numel is already local.
+    local = sum(_local_and_total(p)[0] for p in trainer.model_wrapped.parameters())
     state = trainer.accelerator.state
     info = {
         "backend": backend_name(trainer),
