@@ -309,7 +309,7 @@ def train_run(out: Path, method: str, seed: int, data: dict[str, Path], s: Setti
 
 
 @torch.no_grad()
-def sequence_logps(
+def completion_logps(
     model, tokenizer, prompts: list[str], completions: list[str], batch: int = 16
 ) -> torch.Tensor:
     """Summed log-probs of each completion after its chat-formatted prompt (the training format)."""
@@ -355,8 +355,8 @@ def evaluate_policy(
             adapter is not None
         ):  # mean log-ratio of the policy's own samples: an estimate of KL(policy || ref)
             ref_model, _ = ref
-            lp = sequence_logps(model, tok, prompts, texts)
-            lr = sequence_logps(ref_model, tok, prompts, texts)
+            lp = completion_logps(model, tok, prompts, texts)
+            lr = completion_logps(ref_model, tok, prompts, texts)
             kl = float((lp - lr).mean())
         score = vader()
         return {"texts": texts, "scores": [score(t) for t in texts], "kl": kl}

@@ -137,7 +137,7 @@ def _measure_before(trainer, out: Path, resumed: bool, measure_split) -> dict:
     if resumed and saved.is_file():
         log.info("diagnostics before training: from %s", saved)
         return torch.load(saved)
-    measured = measure_split(trainer)
+    measured = measure_split()
     if resumed:
         log.warning("no %s: 'before' diagnostics are measured at the resumed checkpoint", saved)
     elif trainer.accelerator.is_main_process:
@@ -194,8 +194,8 @@ def train(cfg: DictConfig) -> dict:
             )
     collator = PreferenceCollator(tokenizer.pad_token_id)
 
-    def measure_split(tr, reference=True):
-        return measure(tr, test_features, collator, t.per_device_eval_batch_size, reference)
+    def measure_split(reference=True):
+        return measure(trainer, test_features, collator, t.per_device_eval_batch_size, reference)
 
     if method.startswith("aot"):
         log.info(ot_batch_line(cfg, args.world_size))
@@ -229,7 +229,7 @@ def train(cfg: DictConfig) -> dict:
         tokenizer.save_pretrained(str(out))
 
     before, ref_logps = seen["before"]["policy"], seen["before"]["reference"]
-    after = measure_split(trainer, reference=False)["policy"]
+    after = measure_split(reference=False)["policy"]
     paired = test_split.kind == "paired"
     summary_args = dict(paired=paired, beta=cfg.loss.beta, penalty=cfg.loss.penalty)
     metrics = {

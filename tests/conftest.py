@@ -71,3 +71,25 @@ def wait_for_checkpoint(proc, checkpoint, timeout: float = 900) -> None:
         assert proc.poll() is None, f"run ended before {checkpoint.name}"
         assert time.time() < deadline, f"no {checkpoint.name} after {timeout} s"
         time.sleep(0.05)
+
+
+#: A run long enough to be interrupted after its first checkpoint (checkpoint-5 of 60 steps).
+INTERRUPTIBLE = [
+    "train.max_steps=60",
+    "train.save_steps=5",
+    "train.per_device_train_batch_size=8",
+    "data.max_test_samples=8",
+]
+
+
+def signal_last_rank(launcher, sig) -> None:
+    """Send ``sig`` to the last of the two training processes a launcher started (one rank only)."""
+    import psutil
+
+    workers = [
+        c
+        for c in psutil.Process(launcher.pid).children(recursive=True)
+        if "scripts/train.py" in " ".join(c.cmdline())
+    ]
+    assert len(workers) == 2, workers
+    workers[-1].send_signal(sig)

@@ -13,7 +13,16 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO, SGD, adapter, assert_same_weights, compose, wait_for_checkpoint
+from conftest import (
+    INTERRUPTIBLE,
+    REPO,
+    SGD,
+    adapter,
+    assert_same_weights,
+    compose,
+    signal_last_rank,
+    wait_for_checkpoint,
+)
 
 from aot.run import ConfigError, ot_batch_line, train
 
@@ -232,16 +241,8 @@ def test_launch_configs_parse(name):
 
 @pytest.mark.slow
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_path):
-    import psutil
-
     out = tmp_path / "run"
-    args = [
-        f"output_dir={out}",
-        "train.max_steps=60",
-        "train.save_steps=5",
-        "train.per_device_train_batch_size=8",
-        "data.max_test_samples=8",
-    ]
+    args = [f"output_dir={out}", *INTERRUPTIBLE]
     cmd = [
         os.path.join(os.path.dirname(sys.executable), "accelerate"),
         "launch",
@@ -252,13 +253,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_p
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_checkpoint(proc, out / "checkpoint-5")
-    workers = [
-        c
-        for c in psutil.Process(proc.pid).children(recursive=True)
-        if "scripts/train.py" in " ".join(c.cmdline())
-    ]
-    assert len(workers) == 2
-    workers[-1].send_signal(signal.SIGTERM)  # rank 1 only
+    signal_last_rank(proc, signal.SIGTERM)  # rank 1 only
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log[-2000:]  # no rank hung or died: both stopped at one step
     step = int(log.split("stopped on request at step ")[1].split()[0])

@@ -15,7 +15,16 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, SGD, assert_same_weights, compose, wait_for_checkpoint, weights
+from conftest import (
+    INTERRUPTIBLE,
+    REPO,
+    SGD,
+    assert_same_weights,
+    compose,
+    signal_last_rank,
+    wait_for_checkpoint,
+    weights,
+)
 
 from aot.run import train
 
@@ -187,27 +196,13 @@ def test_fsdp2_bf16_with_a_reference_pass_first(tmp_path, tiny_path):
 
 def test_sigterm_and_resume_under_fsdp2_give_the_uninterrupted_adapter(tmp_path, tiny_path):
     out = tmp_path / "run"
-    args = [
-        f"output_dir={out}",
-        "train.max_steps=60",
-        "train.save_steps=5",
-        "train.per_device_train_batch_size=8",
-        "data.max_test_samples=8",
-    ]  # the recipe's AdamW: its state is saved and restored too
+    args = [f"output_dir={out}", *INTERRUPTIBLE]  # the recipe's AdamW: its state is saved and restored too
     cmd, env = accelerate("fsdp_cpu", ["scripts/train.py", *args])
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     wait_for_checkpoint(proc, out / "checkpoint-5")
-    import psutil
-
-    workers = [
-        c
-        for c in psutil.Process(proc.pid).children(recursive=True)
-        if "scripts/train.py" in " ".join(c.cmdline())
-    ]
-    assert len(workers) == 2
-    workers[-1].send_signal(signal.SIGTERM)  # one rank: the stop is all-reduced, both checkpoint
+    signal_last_rank(proc, signal.SIGTERM)  # one rank: the stop is all-reduced, both checkpoint
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-3000:]
     assert "distributed: FSDP2 (fully_shard)" in log
