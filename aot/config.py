@@ -90,6 +90,10 @@ def check_config(cfg: DictConfig) -> None:
             f"train.max_prompt_length={t.max_prompt_length} must be below train.max_length={t.max_length} "
             "(prompts keep their last max_prompt_length tokens; completions get the rest)"
         )
+    if not (isinstance(t.logps_chunk, int) and t.logps_chunk >= 0):
+        raise ConfigError(
+            f"train.logps_chunk must be a whole number of tokens >= 0 (0 = full-vocabulary logits), got {t.logps_chunk!r}"
+        )
     if t.resume not in ("auto", "never") and not (Path(str(t.resume)) / "trainer_state.json").is_file():
         raise ConfigError(
             f"train.resume={t.resume!r}: no checkpoint there (no trainer_state.json); "

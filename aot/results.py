@@ -22,7 +22,7 @@ import yaml
 
 from aot.eval_open_llm import ALL_TASKS, OPEN_LLM
 
-NOT_IDENTITY = ("seed", "output_dir", "train.resume")
+NOT_IDENTITY = ("seed", "output_dir", "train.resume", "train.logps_chunk")
 TASK_COLUMNS = [t.column for t in OPEN_LLM]
 #: Which task and metric each Open LLM column shows; every variant is in each run's results.json.
 #: "leaderboard" is the Open LLM Leaderboard's (ARC-Challenge and HellaSwag acc_norm, GSM8K strict

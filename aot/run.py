@@ -286,6 +286,7 @@ def make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_fea
             method=cfg.loss.name,
             loss_kwargs=loss_kwargs(cfg),
             ref_model=reference,
+            logps_chunk=cfg.train.logps_chunk,
         )
     import datasets
     from trl import KTOTrainer

@@ -31,8 +31,9 @@ def find_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
-#: Keys that do not change what a run trains: where it is written and how it was started.
-RUN_ID_IGNORED = ("output_dir", "train.resume")
+#: Keys that do not change what a run trains: where it is written, how it was started, and how
+#: log-probs are chunked (equal to float tolerance either way; tests/test_logps.py).
+RUN_ID_IGNORED = ("output_dir", "train.resume", "train.logps_chunk")
 
 
 def run_identity(cfg) -> dict:

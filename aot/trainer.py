@@ -42,6 +42,7 @@ from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
 
 from aot.data import Split
+from aot.logps import DEFAULT_CHUNK, sequence_logps  # noqa: F401  (sequence_logps is part of this module's API)
 from aot.losses import LOSSES, PAIRED_ONLY, fsd_violation, gather_global, reward_accuracy
 
 # --- tokenisation ------------------------------------------------------------------------------
@@ -197,16 +198,6 @@ class BothLabelsSampler(Sampler):
 # --- log-probabilities and losses ---------------------------------------------------------------
 
 
-def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of the completion tokens (S,) and their counts (S,)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    logits = logits.float()  # (S, L-1, V)
-    targets = batch["input_ids"][:, 1:].unsqueeze(-1)  # (S, L-1, 1)
-    token_logps = logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)  # (S, L-1)
-    mask = batch["completion_mask"][:, 1:].to(token_logps.dtype)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
-
-
 @torch.no_grad()
 def row_logps(model, features: list[dict], collator, batch_size: int, device) -> torch.Tensor:
     """Completion log-probs per row, in row order: (N, 2) [chosen, rejected] or (N, 1)."""
@@ -353,9 +344,18 @@ class PreferenceTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
 
-    def __init__(self, *args, method: str, loss_kwargs: dict, ref_model=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        method: str,
+        loss_kwargs: dict,
+        ref_model=None,
+        logps_chunk: int = DEFAULT_CHUNK,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.method, self.loss_kwargs, self.ref_model = method, loss_kwargs, ref_model
+        self.logps_chunk = logps_chunk  # tokens per output-head chunk; 0 = full-vocabulary logits
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         if ref_model is not None:  # full fine-tuning: the frozen copy is placed/sharded like the policy
             self.add_callback(AfterPreparation(self._prepare_reference))
@@ -373,7 +373,7 @@ class PreferenceTrainer(Trainer):
         if "ref_logps" in inputs:  # precomputed once per dataset (train.precompute_ref)
             return inputs["ref_logps"]
         with torch.no_grad(), self.reference() as ref:
-            return sequence_logps(ref, inputs)[0]
+            return sequence_logps(ref, inputs, self.logps_chunk)[0]
 
     def _record(self, model, stats: dict) -> None:
         mode = "train" if model.training else "eval"
@@ -383,7 +383,7 @@ class PreferenceTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "micro_batches" in inputs:  # evaluation of a two-pass batch: merge, no gradient needed
             inputs = merge_micro_batches(inputs["micro_batches"])
-        logps, lengths = sequence_logps(model, inputs)
+        logps, lengths = sequence_logps(model, inputs, self.logps_chunk)
         ref_logps = self.reference_logps(inputs)
         loss, stats = preference_loss(self.method, logps, ref_logps, lengths, inputs, self.loss_kwargs)
         self._record(model, stats)
@@ -407,7 +407,7 @@ class PreferenceTrainer(Trainer):
         with torch.no_grad():
             for mb in micro:
                 states.append(_rng_state())
-                lp, n = sequence_logps(model, mb)
+                lp, n = sequence_logps(model, mb, self.logps_chunk)
                 logps.append(lp)
                 lengths.append(n)
                 refs.append(self.reference_logps(mb))
@@ -424,7 +424,7 @@ class PreferenceTrainer(Trainer):
             _set_rng_state(state)
             last = k == len(micro) - 1
             with self._micro_batch_sync(model, last):
-                lp, _ = sequence_logps(model, mb)
+                lp, _ = sequence_logps(model, mb, self.logps_chunk)
                 self._backward((lp * grad[offset : offset + len(lp)]).sum(), last)
             offset += len(lp)
         self._record(model, stats)
