@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from aot.losses import LOSSES, PAIRED_ONLY, PENALTIES, SORTS
+from aot.sorting import SINKHORN_MAX_N
 
 
 class ConfigError(ValueError):
@@ -103,6 +104,12 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"loss={method} with train.per_device_train_batch_size=1 sorts a single value per side, "
             "so AOT reduces to a per-pair loss; use a per-device batch of at least 2"
+        )
+    rows = cfg.loss.ot_batch_size or cfg.train.per_device_train_batch_size
+    if method.startswith("aot") and loss.sort == "sinkhorn" and rows > SINKHORN_MAX_N:
+        raise ConfigError(
+            f"loss.sort=sinkhorn sorts {rows} values per device, above its limit of {SINKHORN_MAX_N} "
+            "(O(n^2) per iteration, unrolled through autograd); use loss.sort=soft (PAV) or hard"
         )
     if cfg.loss.ot_batch not in ("global", "local"):
         raise ConfigError(f"loss.ot_batch must be global or local, got {cfg.loss.ot_batch!r}")

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from aot.sorting import soft_sort
+from aot.sorting import relative_soft_sort
 
 # --- the one registry of names -------------------------------------------------------------
 
@@ -66,9 +66,11 @@ PENALTIES = {
 }
 #: sort name -> how the order statistics are taken. "soft" is Blondel et al.'s L2 soft sort (PAV).
 SORTS = {"hard": None, "soft": "pav", "sinkhorn": "sinkhorn"}
-#: default ``sort_strength`` per soft sort (our choice). PAV pools neighbouring order statistics
-#: whose gap exceeds 1 / strength (in the units of u and v); Sinkhorn's is an entropic
-#: regularisation on a (0, 1) scale where neighbouring anchors are 1/n apart.
+#: default ``sort_strength`` per soft sort (our choice). "soft" (PAV) is relative to each
+#: sample's mean spacing (max - min) / (n - 1): neighbouring order statistics whose gap exceeds
+#: 1 / strength spacings are pooled (``aot.sorting.relative_soft_sort``), so one default serves
+#: rewards near 0 and margins of tens of nats alike. Sinkhorn's is an entropic regularisation on
+#: z-scores squashed to (0, 1), where neighbouring anchors are 1/n apart.
 DEFAULT_SORT_STRENGTH = {"soft": 1.0, "sinkhorn": 1e-3}
 
 
@@ -125,7 +127,7 @@ def _sorted(x: torch.Tensor, sort: str, strength: float | None) -> torch.Tensor:
     if sort == "hard":
         return torch.sort(x).values
     strength = DEFAULT_SORT_STRENGTH[sort] if strength is None else strength
-    return soft_sort(x, strength, method=SORTS[sort])
+    return relative_soft_sort(x, strength, method=SORTS[sort])
 
 
 @lru_cache(maxsize=64)
@@ -216,13 +218,18 @@ def aot_loss(
     if u.numel() == 0 or v.numel() == 0:
         raise ValueError(f"aot_loss needs non-empty u and v, got sizes {u.numel()} and {v.numel()}")
     h = PENALTIES[penalty]
-    us, vs = _sorted(u, sort, sort_strength), _sorted(v, sort, sort_strength)
+    # float16/bf16 values are sorted and penalised in float32: the piece weights of the
+    # unequal-size grid (up to n * m) overflow float16 and round in bf16.
+    dtype = u.dtype
+    acc = torch.promote_types(torch.promote_types(u.dtype, v.dtype), torch.float32)
+    us, vs = _sorted(u.to(acc), sort, sort_strength), _sorted(v.to(acc), sort, sort_strength)
     n, m = us.numel(), vs.numel()
     if n == m:
-        return h(beta * (us - vs), label_smoothing).mean()
+        return h(beta * (us - vs), label_smoothing).mean().to(dtype)
     iu, iv, lengths, scale = _quantile_pieces(n, m)
-    iu, iv, lengths = iu.to(us.device), iv.to(us.device), lengths.to(us.device)
-    return (lengths * h(beta * (us[iu] - vs[iv]), label_smoothing)).sum() / scale
+    iu, iv = iu.to(us.device), iv.to(us.device)
+    weights = (lengths.double() / scale).to(device=us.device, dtype=acc)
+    return (weights * h(beta * (us[iu] - vs[iv]), label_smoothing)).sum().to(dtype)
 
 
 def aot_unpaired_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, **kw) -> torch.Tensor:

@@ -18,8 +18,14 @@ Two relaxations of ascending sort along the last dimension:
   the (log-domain) Sinkhorn iterations. O(n^2) memory and time per iteration.
 
 Both keep the sum of their input and tend to the hard sort as ``strength -> 0``. The
-``strength`` of PAV is in the units of ``x``; that of Sinkhorn is the entropic regularisation
-on the squashed (0, 1) scale, so the two are not interchangeable.
+``strength`` of PAV is in the units of ``x`` (adjacent order statistics whose gap exceeds
+``1 / strength`` are pooled); that of Sinkhorn is the entropic regularisation on the squashed
+(0, 1) scale, so the two are not interchangeable. ``aot.losses`` puts PAV's strength on the
+sample's own scale (``relative_soft_sort``).
+
+Numerics: both compute in float64 whatever the input dtype and return the input dtype. PAV's
+``rho / eps - iso(rho / eps - w)`` subtracts nearly equal large numbers when ``eps`` is small or
+n is large; in float32 that loses the order of the output, in bf16 all of it.
 
 Check values (aot-math.md): ``soft_sort([5, 1, 2], 1.0) == [1.667, 2.667, 3.667]`` and
 ``soft_sort([5, 1, 2], 0.1) == [1, 2, 5]``.
@@ -32,6 +38,10 @@ import math
 import torch
 
 SOFT_SORT_METHODS = ("pav", "sinkhorn")
+#: Largest n the Sinkhorn sort accepts. Its forward and backward unroll ``n_iter`` O(n^2)
+#: iterations through autograd: an AOT loss (two sorts) took, forward and backward on a 2-core
+#: CPU, 0.3 s at n = 128, 0.7 s at 256 and 11 s at 1,024. Above this, PAV (``sort="soft"``) serves.
+SINKHORN_MAX_N = 128
 
 
 def _pav_nonincreasing(y: list[float]) -> tuple[list[float], list[int]]:
@@ -138,8 +148,38 @@ def soft_sort(x: torch.Tensor, strength: float = 1.0, method: str = "pav", n_ite
         raise ValueError(f"soft_sort needs a non-empty last dimension, got shape {tuple(x.shape)}")
     if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength > 0):
         raise ValueError(f"sort strength must be a positive finite number, got {strength!r}")
+    if method not in SOFT_SORT_METHODS:
+        raise ValueError(f"unknown soft sort method {method!r}; valid: {', '.join(SOFT_SORT_METHODS)}")
+    if method == "sinkhorn" and x.shape[-1] > SINKHORN_MAX_N:
+        raise ValueError(
+            f"the Sinkhorn soft sort is O(n^2) per iteration, unrolled through autograd: n = {x.shape[-1]} "
+            f"exceeds its limit of {SINKHORN_MAX_N} (an AOT loss takes about 0.3 s forward and backward there "
+            f"on a CPU, 11 s at 1,024). Use sort='soft' (PAV: exact gradient in O(n log n)) or sort='hard'"
+        )
+    x64 = x.double()  # see "Numerics" above
     if method == "pav":
-        return _soft_sort_pav(x, float(strength))
-    if method == "sinkhorn":
-        return _soft_sort_sinkhorn(x, float(strength), n_iter)
-    raise ValueError(f"unknown soft sort method {method!r}; valid: {', '.join(SOFT_SORT_METHODS)}")
+        out = _soft_sort_pav(x64, float(strength))
+    else:
+        out = _soft_sort_sinkhorn(x64, float(strength), n_iter)
+    return out.to(x.dtype)
+
+
+def relative_soft_sort(x: torch.Tensor, strength: float = 1.0, method: str = "pav") -> torch.Tensor:
+    """Soft sort of a 1-D sample whose strength is relative to the sample's own spacing.
+
+    PAV's strength is in the units of ``x``, so one number means opposite things on rewards near
+    0 (hard sort) and on margins spread over tens of nats (one block). Here ``x`` is divided by
+    its mean spacing ``(max - min) / (n - 1)`` before the soft sort and multiplied back after
+    (the gradient flows through the spacing too, so it is the exact gradient of this function): at strength s, adjacent order statistics whose gap exceeds 1 / s
+    times the mean spacing are pooled, whatever the units. At s = 1 on normal or heavy-tailed
+    samples (n = 4 to 1,024) that leaves about half as many blocks as samples: never the hard
+    sort, never one block. The Sinkhorn sort already works on z-scores, so it is passed through.
+    """
+    n = x.shape[-1]
+    if method != "pav" or n < 2:
+        return soft_sort(x, strength, method)
+    x64 = x.double()
+    spacing = (x64.max() - x64.min()) / (n - 1)
+    if spacing == 0:  # all equal: every sort is the identity
+        return x.clone()
+    return (soft_sort(x64 / spacing, strength, method) * spacing).to(x.dtype)

@@ -161,3 +161,16 @@ def test_reward_accuracy_paired_and_unpaired_against_brute_force():
     chosen, rejected = torch.tensor([0.0, 2.0, 2.0, 5.0]), torch.tensor([1.0, 2.0, 3.0])
     brute = sum(float(c > r) for c in chosen for r in rejected) / (len(chosen) * len(rejected))
     assert reward_accuracy(chosen, rejected, paired=False) == pytest.approx(brute)  # ties (2 vs 2) lose
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_unequal_sizes_in_half_precision(dtype):
+    """n = 1,000 and m = 1,001 put 2,000 pieces with weights up to 1/1,000 on a grid of
+    n * m = 1,001,000: the weighted sum must be accumulated above half precision."""
+    g = torch.Generator().manual_seed(7)
+    u, v = torch.randn(1000, generator=g), torch.randn(1001, generator=g) + 0.3
+    for penalty in ("logistic", "least_squares"):
+        want = aot_loss(u.to(dtype).double(), v.to(dtype).double(), beta=1.0, penalty=penalty)
+        got = aot_loss(u.to(dtype), v.to(dtype), beta=1.0, penalty=penalty)
+        assert got.dtype == dtype and torch.isfinite(got)
+        assert got.double().item() == pytest.approx(want.item(), rel=2**-7)  # the output's own rounding

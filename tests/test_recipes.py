@@ -141,6 +141,11 @@ def test_unknown_names_and_keys_fail_listing_choices(override, expected):
         (["train.max_prompt_length=64"], "train.max_prompt_length=64 must be below train.max_length=64"),
         (["train.resume=/nowhere/checkpoint-5"], "train.resume='/nowhere/checkpoint-5': no checkpoint there"),
         (["model.dtype=float8"], "model.dtype='float8' is unknown; valid: float32, bfloat16, float16"),
+        (["train.logps_chunk=-1"], "train.logps_chunk must be a whole number of tokens >= 0"),
+        (
+            ["loss.sort=sinkhorn", "train.per_device_train_batch_size=8", "loss.ot_batch_size=256"],
+            "loss.sort=sinkhorn sorts 256 values per device, above its limit of 128",
+        ),
     ],
 )
 def test_every_bad_setting_is_refused_before_anything_loads(tmp_path, overrides, expected):

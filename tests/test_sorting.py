@@ -85,3 +85,68 @@ def test_soft_sort_rejects_bad_options():
         soft_sort(x, 0.1, method="bitonic")
     with pytest.raises(ValueError, match="strength"):
         soft_sort(x, 0.0)
+
+
+# --- the strength on the sample's own scale (aot.losses' soft sort) ------------------------------
+
+
+@pytest.mark.parametrize("spread", [100.0, 0.01])
+def test_default_soft_sort_is_neither_hard_nor_one_block_at_any_scale(spread):
+    """Margins spread over 100 nats and rewards spread over 0.01 get the same smoothing: the
+    default pools some neighbours and not others (the old strength in nats made the first one
+    block and left the second a hard sort)."""
+    from aot.losses import DEFAULT_SORT_STRENGTH, _sorted
+
+    z = torch.randn(16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x = spread * (z - z.min()) / (z.max() - z.min())
+    out = _sorted(x, "soft", None)
+    # Within a PAV block neighbouring outputs are exactly 1 / strength spacings apart; between
+    # blocks they are not. One block: every gap is that step; hard sort: out == sort(x).
+    step = spread / 15 / DEFAULT_SORT_STRENGTH["soft"]
+    blocks = 1 + int(((out.diff() - step).abs() > 1e-9 * spread).sum())
+    assert not torch.allclose(out, torch.sort(x).values)
+    assert 2 <= blocks <= 15, blocks
+    assert torch.allclose(out / spread, _sorted(z, "soft", None).sub(z.min()) / (z.max() - z.min()))
+
+
+def test_relative_soft_sort_is_scale_equivariant_and_keeps_the_sum():
+    from aot.sorting import relative_soft_sort
+
+    x = torch.randn(50, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out = relative_soft_sort(x)
+    assert torch.allclose(relative_soft_sort(1e4 * x + 3.0), 1e4 * out + 3.0)
+    assert out.sum().item() == pytest.approx(x.sum().item(), abs=1e-9)
+    assert torch.equal(relative_soft_sort(torch.full((5,), 2.0)), torch.full((5,), 2.0))
+
+
+# --- numerics in low precision ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n,scale,strength,relative",
+    [(256, 0.01, 1e-3, False), (4096, 1.0, 1.0, False), (4096, 1.0, 1.0, True), (1000, 30.0, 1.0, True)],
+)
+def test_float32_and_bf16_inputs_match_a_float64_reference(n, scale, strength, relative):
+    from aot.sorting import relative_soft_sort
+
+    sort = relative_soft_sort if relative else soft_sort
+    x64 = scale * torch.randn(n, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    spread = (x64.max() - x64.min()).item()
+    for dtype, tol in ((torch.float32, 1e-5 * spread), (torch.bfloat16, None)):
+        x = x64.to(dtype)
+        ref = sort(x.double(), strength)  # the same (rounded) input, in float64 throughout
+        out = sort(x, strength)
+        assert out.dtype == dtype
+        assert bool((out[1:] >= out[:-1]).all()), f"{dtype} output not sorted"
+        err = (out.double() - ref).abs().max().item()
+        # float32: within 1e-5 of the spread; bf16: within the output's own rounding (half an ulp)
+        limit = tol if tol is not None else (ref.abs() * 2.0**-8).max().item()
+        assert err <= limit, (dtype, err, limit)
+
+
+def test_sinkhorn_refuses_sizes_it_cannot_serve():
+    from aot.sorting import SINKHORN_MAX_N
+
+    soft_sort(torch.randn(SINKHORN_MAX_N, dtype=torch.float64), 1e-3, method="sinkhorn")
+    with pytest.raises(ValueError, match=r"n = \d+ exceeds its limit .* sort='soft'"):
+        soft_sort(torch.randn(SINKHORN_MAX_N + 1), 1e-3, method="sinkhorn")
