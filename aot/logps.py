@@ -59,7 +59,10 @@ def output_head(model):
     if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
         return None
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    return head if type(head) is torch.nn.Linear else None
+    # A Linear whose forward is Linear's own: FSDP's wrapped class qualifies (it works by hooks);
+    # a LoRA-adapted or quantised head (its own forward) does not.
+    plain = isinstance(head, torch.nn.Linear) and type(head).forward is torch.nn.Linear.forward
+    return head if plain else None
 
 
 class _TokenLogps(torch.autograd.Function):
