@@ -10,11 +10,9 @@ measured side by side in this one run. Writes benchmarks/results/loss.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -22,10 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from aot.losses import aot_loss
+from aot.sorting import SINKHORN_MAX_N
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write  # noqa: E402
 
 BETA = 0.01
-SIZES = [64, 1024, 4096, 16384, 262144]
-SINKHORN_MAX_N = 1024  # O(n^2) memory and time per iteration: beyond this it is not sensible
+SIZES = [64, 128, 1024, 4096, 16384, 262144]
 
 
 def trl_inline(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes and short budgets (smoke run)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "loss.json"))
+    parser.add_argument("--out")
     args = parser.parse_args()
     sizes = SIZES[:2] if args.quick else SIZES
     budget = 0.2 if args.quick else 2.0
@@ -107,26 +108,8 @@ def main() -> None:
             f"{r['case']:<14} {r['n']:>7} {r['ms']:>10.3f} {r['vs_trl_inline']:>7.2f} {r['ns_per_nlogn']:>14.2f}"
         )
 
-    machine = {
-        "platform": platform.platform(),
-        "processor": _cpu_name(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine, "beta": BETA, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    result = {"machine": machine(), "beta": BETA, "sinkhorn_max_n": SINKHORN_MAX_N, "rows": rows}
+    write("loss.json", result, args.out)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternate, child, machine, medians, step_clock, trl_aot_trainer, write  # noqa: E402
+from common import LIVE_MEMORY, alternate, child, machine, medians, step_clock, trl_aot_trainer, write  # noqa: E402
 
 PAIRS = 4
-#: glibc: allocations over 64 KiB by mmap, returned to the OS when freed, so that the resident
-#: peak follows the peak of live tensors (by default freed blocks stay resident and the heap
-#: fragments: a second identical step then "peaks" gigabytes higher). Every case runs with it.
-LIVE_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"}
 CASES = ("chunked", "full_logits", "trl")
 #: the paper's per-GPU cap (pairs) that memory imposed on its runs
 PAPER_PAIRS = 35

@@ -1,7 +1,11 @@
 """The OT batch beyond one micro-batch: the two-pass step against plain batches, and the
 precomputed reference.
 
-    make bench-scale          # or: python benchmarks/bench_scale.py [--samples 1024]
+    make bench-scale          # or: python benchmarks/bench_scale.py [--samples 1024] [--rounds 2] [--only tiny|smollm2]
+
+SmolLM2-135M-Instruct (``real_model_rows``): the two-pass step over 32 rows in micro-batches of 8
+against a plain batch of the same 32 rows, alternating, medians over rounds; target: at most
+1.5x the plain batch's time per sample.
 
 Tiny model, AOT unpaired on the sample set's paired rows, LoRA. For OT batch N in 8, 64, 256,
 1024: a plain batch of N rows, and the two-pass step over N rows in micro-batches of M (8, as in
@@ -10,7 +14,8 @@ GPU micro-batch sized to its memory would have). Then one
 LoRA step (batch 16 and 64) with reference log-probs computed each step or precomputed. Each
 measurement runs in a fresh subprocess; the first step is a warm-up and not timed. Memory: on
 CUDA the peak allocated bytes; on the CPU the peak RSS above the process's RSS just before
-training (weights, data and libraries excluded), with glibc returning large blocks at once. Writes benchmarks/results/scale.json.
+training (weights, data and libraries excluded), with glibc returning large blocks at once.
+Writes benchmarks/results/scale.json.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import alternate, machine, medians  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 OT_BATCHES = [8, 64, 256, 1024]
 MICROS = [8, 64]
@@ -34,7 +42,7 @@ def _rss_bytes() -> int:
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(mode: str, n: int, samples: int, precompute: bool, micro: int) -> dict:
+def measure(mode: str, n: int, samples: int, precompute: bool, micro: int, model: str = "tiny") -> dict:
     import torch
     from transformers import TrainerCallback
 
@@ -43,7 +51,7 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int) -> di
 
     steps = 1 + max(2, samples // n)
     overrides = [
-        "model=tiny",
+        f"model={model}",
         "loss=aot_unpaired",
         f"output_dir={tempfile.mkdtemp()}",
         f"train.max_steps={steps}",
@@ -82,6 +90,7 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int) -> di
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     )
     return {
+        "model": model,
         "mode": mode,
         "ot_batch": n,
         "micro_batch": micro if mode == "two_pass" else n,
@@ -94,8 +103,26 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int) -> di
     }
 
 
-def child(mode: str, n: int, samples: int, precompute: bool, micro: int = 8, memory: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, str(n), str(samples), str(int(precompute)), str(micro)]
+def child(
+    mode: str,
+    n: int,
+    samples: int,
+    precompute: bool,
+    micro: int = 8,
+    memory: bool = False,
+    model: str = "tiny",
+) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        str(n),
+        str(samples),
+        str(int(precompute)),
+        str(micro),
+        model,
+    ]
     env = dict(os.environ)
     if memory:
         # glibc: serve allocations over 64 KiB by mmap, returned to the OS when freed, so that peak
@@ -108,6 +135,38 @@ def child(mode: str, n: int, samples: int, precompute: bool, micro: int = 8, mem
     return json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
 
 
+#: SmolLM2: OT batch (rows) and micro-batch of the two-pass step, and rows timed per run (two
+#: timed steps after a warm-up). 32 rows x up to 128 tokens through a 135M model are matrix
+#: products of 64 x 128 x 576 and up: the per-sample cost has levelled off, as on a GPU.
+REAL_OT, REAL_MICRO, REAL_SAMPLES = 32, 8, 64
+#: the two-pass step's time per sample against a plain batch of the same size
+REAL_TARGET = 1.5
+
+
+def real_model_rows(rounds: int) -> dict:
+    """SmolLM2: a plain batch of REAL_OT rows against the two-pass step over the same rows in
+    micro-batches of REAL_MICRO, alternating; medians over rounds."""
+    from aot.smollm2 import ensure_smollm2
+
+    ensure_smollm2()
+    cases = {"plain": ("plain", REAL_OT), "two_pass": ("two_pass", REAL_MICRO)}
+    runs = alternate(
+        cases, rounds, lambda c: child(c[0], REAL_OT, REAL_SAMPLES, False, c[1], model="smollm2")
+    )
+    summary = {mode: medians(rs, ("ms_per_sample", "peak_mb")) for mode, rs in runs.items()}
+    ratio = summary["two_pass"]["ms_per_sample"] / summary["plain"]["ms_per_sample"]
+    return {
+        "ot_batch": REAL_OT,
+        "micro_batch": REAL_MICRO,
+        "rounds": rounds,
+        "runs": runs,
+        "summary": summary,
+        "time_vs_plain": ratio,
+        "target": {"two_pass_time_vs_plain <= 1.5": {"value": ratio, "met": ratio <= REAL_TARGET}},
+        "machine": machine(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,11 +175,24 @@ def main() -> None:
         "--samples", type=int, default=1024, help="rows timed per configuration (at least 2 steps)"
     )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale.json"))
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the SmolLM2 comparison")
+    parser.add_argument(
+        "--only", choices=["tiny", "smollm2"], help="run one part only (the other is kept from --out)"
+    )
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        mode, n, samples, pre, micro = args.child
-        print("RESULT " + json.dumps(measure(mode, int(n), int(samples), bool(int(pre)), int(micro))))
+        mode, n, samples, pre, micro, model = args.child
+        print("RESULT " + json.dumps(measure(mode, int(n), int(samples), bool(int(pre)), int(micro), model)))
+        return
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    smollm2 = previous.get("smollm2")
+    if args.only != "tiny":
+        smollm2 = real_model_rows(args.rounds)
+    if args.only == "smollm2":
+        previous["smollm2"] = smollm2
+        Path(args.out).write_text(json.dumps(previous, indent=2) + "\n")
+        print(f"wrote {args.out}")
         return
 
     from aot.tiny import build_tiny
@@ -147,19 +219,7 @@ def main() -> None:
             "ms_per_step_precomputed": pre,
             "speedup": live / pre,
         }
-    import platform
-
-    import torch
-
-    result = {
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        },
-        "rows": rows,
-        "precompute": precompute,
-    }
+    result = {"machine": machine(), "rows": rows, "precompute": precompute, "smollm2": smollm2}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(

@@ -1,107 +1,87 @@
-"""Steps per second and peak memory: our trainer against stock TRL, same tiny model and data.
+"""Steps per second and peak memory: our trainer against stock TRL on the same token rows.
 
-    make bench-train          # or: python benchmarks/bench_train.py [--steps 100] [--repeats 3]
+    make bench-train          # or: python benchmarks/bench_train.py [--rounds 3] [--models tiny smollm2]
 
-Both sides train the tiny model's LoRA adapter with AOT unpaired (beta 0.01, logistic, hard
-sort) on the sample set's paired rows: ours through ``aot.run.make_trainer``, TRL through
-``trl.DPOTrainer(loss_type="aot_unpaired")``, with the same batch, steps, learning rate, LoRA
-settings, sequence limit and reference (adapter disabled). Each measurement runs in a fresh
-subprocess (peak RSS on CPU, peak allocated memory on CUDA), alternating the two sides, and the
-median of the repeats is reported. Writes benchmarks/results/train.json.
+Both sides train a LoRA adapter with AOT unpaired (beta 0.01, logistic, hard sort) on the sample
+set's paired rows, tokenised once by our tokeniser (chat template, truncation) and fed to both:
+ours through ``aot.run.make_trainer``, TRL through ``trl.DPOTrainer(loss_type="aot_unpaired")``
+(its collator, forward and loss; ``common.trl_aot_trainer``), with the same batch, learning
+rate, LoRA settings, sequence limit and reference (adapter disabled), no bf16 and no gradient
+checkpointing. Models: the tiny one (batch 16) and SmolLM2-135M-Instruct (its recipe: batch 8,
+max_length 128, vocabulary 49,152). Each measurement is a fresh process; the first step is a
+warm-up; steps per second = 1 / median step time of the rest; the peak is the resident
+high-water mark over all steps (CUDA: peak allocated), with glibc returning freed blocks at once
+(``common.LIVE_MEMORY``) on both sides, also reported above the resident memory before the first
+step. The two sides alternate; medians over rounds. Writes benchmarks/results/train.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BATCH = 16
+sys.path.insert(0, str(Path(__file__).parent))
+from common import (  # noqa: E402
+    LIVE_MEMORY,
+    alternate,
+    child,
+    machine,
+    medians,
+    step_clock,
+    trl_aot_trainer,
+    write,
+)
+
+#: model -> (per-device batch, steps per measurement incl. the warm-up)
+MODELS = {"tiny": (16, 40), "smollm2": (8, 6)}
+TARGETS = {"steps_per_second_vs_trl >= 1.2": 1.2, "peak_memory_vs_trl <= 0.6": 0.6}
 
 
-def measure(side: str, steps: int) -> dict:
+def measure(side: str, model: str) -> dict:
     import torch
 
+    from aot.config import build_training_args, compose
     from aot.data import load_split
-    from aot.run import build_training_args, compose, load_tokenizer, model_path, prepare
+    from aot.run import load_models, load_tokenizer, make_trainer, model_path
+    from aot.trainer import tokenize_split
 
+    batch, steps = MODELS[model]
     out = tempfile.mkdtemp()
     cfg = compose(
-        "model=tiny",
+        f"model={model}",
         "loss=aot_unpaired",
         "data=sample",
         f"output_dir={out}",
         f"train.max_steps={steps}",
-        f"train.per_device_train_batch_size={BATCH}",
-        "train.logging_steps=1000",
+        f"train.per_device_train_batch_size={batch}",
+        "train.logging_steps=100000",
     )
+    path = model_path(cfg)
+    tokenizer = load_tokenizer(cfg, path)
     split = load_split(cfg.data, "train")
-    if side == "ours":
+    features, _ = tokenize_split(split, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
+    if side == "trl":
+        rows = [{k: f[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for f in features]
+        trainer = trl_aot_trainer(cfg, path, tokenizer, rows, out, steps)
+    else:
         args = build_training_args(cfg, out)
         args.save_strategy = "no"
-        trainer = prepare(cfg, args, split).trainer
-    else:
-        path = model_path(cfg)
-        tokenizer = load_tokenizer(cfg, path)
-        import datasets
-        from peft import LoraConfig
-        from transformers import AutoModelForCausalLM
-        from trl import DPOConfig, DPOTrainer
-
-        t, m = cfg.train, cfg.model
-        args = DPOConfig(
-            output_dir=out,
-            seed=cfg.seed,
-            max_steps=steps,
-            per_device_train_batch_size=BATCH,
-            learning_rate=t.learning_rate,
-            lr_scheduler_type=t.lr_scheduler_type,
-            warmup_steps=t.warmup_steps,
-            logging_steps=1000,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            gradient_checkpointing=False,
-            loss_type=["aot_unpaired"],
-            beta=cfg.loss.beta,
-            max_length=t.max_length,
-            disable_dropout=True,
-        )
-        rows = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in split.rows]
-        lora = LoraConfig(
-            r=m.lora_r,
-            lora_alpha=m.lora_alpha,
-            lora_dropout=m.lora_dropout,
-            target_modules=list(m.lora_target_modules),
-            task_type="CAUSAL_LM",
-        )
-        trainer = DPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(path),
-            args=args,
-            processing_class=tokenizer,
-            train_dataset=datasets.Dataset.from_list(rows),
-            peft_config=lora,
-        )
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    result = trainer.train()
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if torch.cuda.is_available()
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
+        policy, reference = load_models(cfg, path)
+        trainer = make_trainer(cfg, args, policy, reference, tokenizer, split, features)
+    with torch.no_grad():  # page the weights in (loading maps them lazily): not the steps' memory
+        sum(float(p.sum()) for p in trainer.model.parameters())
+    clock = step_clock()
+    trainer.add_callback(clock)
+    trainer.train()
     return {
-        "steps_per_second": result.metrics["train_steps_per_second"],
-        "peak_bytes": peak,
-        "peak_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_max_rss",
-        "final_loss": result.metrics["train_loss"],
+        "steps_per_second": 1 / statistics.median(clock.seconds[1:]),
+        "peak_bytes": max(clock.peaks),
+        "peak_above_start_bytes": max(clock.peaks) - clock.before[0],
+        "timed_steps": len(clock.seconds) - 1,
     }
 
 
@@ -109,58 +89,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train.json"))
-    parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--out")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args.steps)))
+        print("RESULT " + json.dumps(measure(*args.child)))
         return
 
+    from aot.smollm2 import ensure_smollm2
     from aot.tiny import build_tiny
 
-    build_tiny()  # outside the timed runs
-    runs = {"ours": [], "trl": []}
-    for _ in range(args.repeats):
-        for side in runs:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", side, "--steps", str(args.steps)],
-                capture_output=True,
-                text=True,
-                cwd=REPO,
-            )
-            if proc.returncode != 0:
-                sys.exit(f"{side} run failed:\n{proc.stderr[-4000:]}")
-            line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-            runs[side].append(json.loads(line[7:]))
-            print(side, runs[side][-1])
-    summary = {
-        side: {k: statistics.median(r[k] for r in rs) for k in ("steps_per_second", "peak_bytes")}
-        for side, rs in runs.items()
-    }
-    summary["ratio_steps_per_second"] = (
-        summary["ours"]["steps_per_second"] / summary["trl"]["steps_per_second"]
-    )
-    summary["ratio_peak_memory"] = summary["ours"]["peak_bytes"] / summary["trl"]["peak_bytes"]
-    import torch
-    from bench_loss import _cpu_name  # same folder
-
-    result = {
-        "machine": {
-            "processor": _cpu_name(),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        },
-        "steps": args.steps,
-        "per_device_batch": BATCH,
-        "runs": runs,
-        "summary": summary,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}")
+    build_tiny(), ensure_smollm2()  # outside the measured runs
+    models = {}
+    for model in args.models:
+        runs = alternate(
+            {"ours": "ours", "trl": "trl"},
+            args.rounds,
+            lambda side: child(__file__, [side, model], env=LIVE_MEMORY),
+        )
+        keys = ("steps_per_second", "peak_bytes", "peak_above_start_bytes")
+        summary = {side: medians(rs, keys) for side, rs in runs.items()}
+        ours, trl = summary["ours"], summary["trl"]
+        ratios = {
+            "steps_per_second_vs_trl >= 1.2": ours["steps_per_second"] / trl["steps_per_second"],
+            "peak_memory_vs_trl <= 0.6": ours["peak_bytes"] / trl["peak_bytes"],
+        }
+        targets = {
+            name: {"value": value, "met": value >= TARGETS[name] if ">=" in name else value <= TARGETS[name]}
+            for name, value in ratios.items()
+        }
+        batch, steps = MODELS[model]
+        models[model] = {
+            "per_device_batch": batch,
+            "steps": steps,
+            "runs": runs,
+            "summary": summary,
+            "targets": targets,
+            # the peak above the resident memory before the first step (weights, libraries excluded)
+            "step_memory_vs_trl": ours["peak_above_start_bytes"] / trl["peak_above_start_bytes"],
+        }
+        print(model, json.dumps(summary), json.dumps(targets))
+    write("train.json", {"machine": machine(), "rounds": args.rounds, "models": models}, args.out)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,12 @@ def machine() -> dict:
 
 # --- peak memory -----------------------------------------------------------------------------------
 
+#: glibc: allocations over 64 KiB by mmap, returned to the OS when freed, so that the resident
+#: peak follows the peak of live tensors (by default freed blocks stay resident and the heap
+#: fragments: a second identical step then "peaks" gigabytes higher). Every compared case runs
+#: with it, so it slows them alike.
+LIVE_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"}
+
 
 def rss_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -44,15 +44,16 @@ def loss_table(d: dict) -> str:
 def train_table(d: dict) -> str:
     lines = [
         machine_line(d["machine"]) + f" Medians of {d['rounds']} alternating rounds.\n",
-        "| model | batch | steps / s, ours | steps / s, TRL | peak GB, ours | peak GB, TRL | speed x TRL (>= 1.2) | memory x TRL (<= 0.6) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | steps / s, ours | steps / s, TRL | peak GB, ours | peak GB, TRL "
+        "| speed x TRL (>= 1.2) | peak x TRL (<= 0.6) | above start x TRL |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in d["models"].items():
         s, t = m["summary"], list(m["targets"].values())
         lines.append(
             f"| {name} | {m['per_device_batch']} | {s['ours']['steps_per_second']:.3f} | "
             f"{s['trl']['steps_per_second']:.3f} | {s['ours']['peak_bytes'] / 1e9:.2f} | "
-            f"{s['trl']['peak_bytes'] / 1e9:.2f} | {met(t[0])} | {met(t[1])} |"
+            f"{s['trl']['peak_bytes'] / 1e9:.2f} | {met(t[0])} | {met(t[1])} | {m['step_memory_vs_trl']:.2f} |"
         )
     return "\n".join(lines)
 
