@@ -1,0 +1,38 @@
+"""The committed benchmark results render into the README, and say where they were measured."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import readme_tables  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["loss", "train", "scale", "memory"])
+def test_results_render_and_record_the_machine(name):
+    data = json.loads((BENCH / "results" / f"{name}.json").read_text())
+    table = getattr(readme_tables, f"{name}_table")(data)
+    assert table.startswith("Machine: ")
+    machine = data["smollm2"]["machine"] if name == "scale" else data["machine"]
+    assert {"processor", "cores", "torch", "torch_threads", "device"} <= machine.keys()
+
+
+def test_every_target_is_marked_met_or_not():
+    memory = json.loads((BENCH / "results" / "memory.json").read_text())
+    train = json.loads((BENCH / "results" / "train.json").read_text())
+    targets = list(memory["targets"].values()) + [
+        t for m in train["models"].values() for t in m["targets"].values()
+    ]
+    assert len(targets) == 6 and all(isinstance(t["met"], bool) for t in targets)
+    readme = (BENCH.parent / "README.md").read_text()
+    for name in ("memory", "train", "scale", "loss"):  # the README shows the committed results
+        start, end = readme.index(f"<!-- bench:{name} -->\n"), readme.index(f"<!-- /bench:{name} -->")
+        data = json.loads((BENCH / "results" / f"{name}.json").read_text())
+        assert (
+            readme[start:end].split("\n", 1)[1].strip()
+            == getattr(readme_tables, f"{name}_table")(data).strip()
+        )
