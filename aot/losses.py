@@ -204,7 +204,9 @@ def aot_loss(
         label_smoothing: eps of the logistic penalty (0 <= eps < 0.5).
         sort: ``"hard"`` (torch.sort; gradient through the order statistics), ``"soft"``
             (L2 soft sort by PAV) or ``"sinkhorn"`` (entropic OT soft sort).
-        sort_strength: soft-sort regularisation; ``None`` takes ``DEFAULT_SORT_STRENGTH``.
+        sort_strength: soft-sort regularisation; ``None`` takes ``DEFAULT_SORT_STRENGTH``. For
+            ``"soft"`` it is relative to each sample's mean spacing: gaps wider than
+            ``1 / sort_strength`` spacings are pooled (``aot.sorting.relative_soft_sort``).
         gather: sort over all data-parallel ranks' values (see ``gather_global``).
 
     Returns:

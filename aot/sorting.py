@@ -165,16 +165,19 @@ def soft_sort(x: torch.Tensor, strength: float = 1.0, method: str = "pav", n_ite
 
 
 def relative_soft_sort(x: torch.Tensor, strength: float = 1.0, method: str = "pav") -> torch.Tensor:
-    """Soft sort of a 1-D sample whose strength is relative to the sample's own spacing.
+    """Soft sort of a 1-D sample (n,) whose strength is relative to the sample's own spacing.
 
     PAV's strength is in the units of ``x``, so one number means opposite things on rewards near
     0 (hard sort) and on margins spread over tens of nats (one block). Here ``x`` is divided by
     its mean spacing ``(max - min) / (n - 1)`` before the soft sort and multiplied back after
-    (the gradient flows through the spacing too, so it is the exact gradient of this function): at strength s, adjacent order statistics whose gap exceeds 1 / s
-    times the mean spacing are pooled, whatever the units. At s = 1 on normal or heavy-tailed
-    samples (n = 4 to 1,024) that leaves about half as many blocks as samples: never the hard
-    sort, never one block. The Sinkhorn sort already works on z-scores, so it is passed through.
+    (the gradient flows through the spacing too: it is the exact gradient of this function). At
+    strength s, adjacent order statistics whose gap exceeds 1 / s mean spacings are pooled,
+    whatever the units. At s = 1 on normal or heavy-tailed samples (n = 4 to 1,024) that leaves
+    40-80% as many blocks as samples: never the hard sort, never one block. The Sinkhorn sort
+    already works on z-scores, so it is passed through.
     """
+    if x.dim() != 1:
+        raise ValueError(f"relative_soft_sort sorts one sample: expected shape (n,), got {tuple(x.shape)}")
     n = x.shape[-1]
     if method != "pav" or n < 2:
         return soft_sort(x, strength, method)
