@@ -35,18 +35,23 @@ DEFAULT_CHUNK = 1024
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 
 
+def _picked_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] in float32: logits (..., V), targets (...) -> (...)."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
 def full_logits_sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference computation: (S, L, V) logits, then log-softmax at the targets."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    logits = logits.float()  # (S, L-1, V)
-    targets = batch["input_ids"][:, 1:].unsqueeze(-1)  # (S, L-1, 1)
-    token_logps = logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)  # (S, L-1)
+    token_logps = _picked_logps(logits, batch["input_ids"][:, 1:])  # (S, L-1)
     mask = batch["completion_mask"][:, 1:].to(token_logps.dtype)
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
 def _inner(model):
-    """The model under data-parallel / engine wrappers (DDP, FSDP1, DeepSpeed) that expose ``.module``."""
+    """The model under data-parallel / engine wrappers (DDP, FSDP1, DeepSpeed) that expose ``.module``.
+    (accelerate's ``extract_model_from_parallel`` would import DeepSpeed into every run.)"""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model
@@ -79,9 +84,8 @@ class _TokenLogps(torch.autograd.Function):
         ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            logits = F.linear(hidden[start : start + chunk], weight, bias).float()  # (c, V)
-            picked = logits.gather(-1, targets[start : start + chunk, None]).squeeze(-1)
-            out[start : start + chunk] = picked - logits.logsumexp(-1)
+            logits = F.linear(hidden[start : start + chunk], weight, bias)  # (c, V)
+            out[start : start + chunk] = _picked_logps(logits, targets[start : start + chunk])
         ctx.save_for_backward(hidden, targets)
         ctx.weight, ctx.bias, ctx.chunk = weight, bias, chunk
         return out
@@ -100,10 +104,7 @@ class _TokenLogps(torch.autograd.Function):
             w = weight.detach().requires_grad_(need_w)
             b = bias.detach().requires_grad_(need_b) if bias is not None else None
             with torch.enable_grad(), torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):
-                logits = F.linear(h, w, b).float()
-                lp = logits.gather(-1, targets[start : start + chunk, None]).squeeze(-1) - logits.logsumexp(
-                    -1
-                )
+                lp = _picked_logps(F.linear(h, w, b), targets[start : start + chunk])
             wanted = [t for t, need in ((h, need_h), (w, need_w), (b, need_b)) if need]
             grads = iter(torch.autograd.grad(lp, wanted, grad[start : start + chunk]))
             if need_h:
@@ -117,9 +118,6 @@ class _TokenLogps(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None
 
 
-_warned = False
-
-
 def sequence_logps(model, batch: dict, chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the completion tokens (S,) and their counts (S,).
 
@@ -127,14 +125,12 @@ def sequence_logps(model, batch: dict, chunk: int = DEFAULT_CHUNK) -> tuple[torc
     token at position t is scored from the hidden state at t - 1. ``chunk`` tokens go through the
     head at a time; ``chunk=0`` computes full-vocabulary logits (the reference path).
     """
-    global _warned
     head = output_head(model) if chunk else None
     if head is None:
-        if chunk and not _warned:
+        if chunk:  # Python's default filter shows this once per run
             warnings.warn(
                 "output head is not a plain Linear (or logits are transformed): full-vocabulary logits"
             )
-            _warned = True
         return full_logits_sequence_logps(model, batch)
     input_ids = batch["input_ids"]
     mask = batch["completion_mask"][:, 1:].bool()  # (S, L-1): position t-1 predicts token t

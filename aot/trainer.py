@@ -42,7 +42,7 @@ from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
 
 from aot.data import Split
-from aot.logps import DEFAULT_CHUNK, sequence_logps  # noqa: F401  (sequence_logps is part of this module's API)
+from aot.logps import DEFAULT_CHUNK, sequence_logps
 from aot.losses import LOSSES, PAIRED_ONLY, fsd_violation, gather_global, reward_accuracy
 
 # --- tokenisation ------------------------------------------------------------------------------

@@ -31,15 +31,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternate, machine, medians  # noqa: E402
+from common import alternate, machine, medians, rss_bytes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OT_BATCHES = [8, 64, 256, 1024]
 MICROS = [8, 64]
-
-
-def _rss_bytes() -> int:
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def measure(mode: str, n: int, samples: int, precompute: bool, micro: int, model: str = "tiny") -> dict:
@@ -79,7 +75,7 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int, model
     clock = Clock()
     trainer.add_callback(clock)
     cuda = torch.cuda.is_available()
-    base = _rss_bytes()
+    base = rss_bytes()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()

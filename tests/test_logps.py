@@ -132,9 +132,6 @@ def test_a_head_that_is_not_a_plain_linear_takes_the_full_path(tiny_path):
     assert output_head(model) is None
     batch = PreferenceCollator(pad_token_id=0)(FEATURES)
     with pytest.warns(UserWarning, match="full-vocabulary logits"), torch.no_grad():
-        import aot.logps
-
-        aot.logps._warned = False
         got = sequence_logps(model, batch)[0]
     assert torch.equal(got, full_logits_sequence_logps(model, batch)[0].detach())
 
