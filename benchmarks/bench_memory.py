@@ -182,7 +182,7 @@ def main() -> None:
         "machine": machine(),
         "model": "SmolLM2-135M-Instruct (float32, LoRA r16 on all linear layers, gradient checkpointing)",
         "pairs": PAIRS,
-        "rows": [{k: v for k, v in r.items()} for r in rows],
+        "rows": rows,
         "targets": targets,
         "estimate_80GB": estimate(rows),
     }
