@@ -8,6 +8,7 @@ before any model or data is touched.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import torch
@@ -134,9 +135,20 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def use_bf16(cfg: DictConfig) -> bool:
-    bf16 = cfg.train.bf16
+    """``train.bf16``: auto follows the launch config's ``mixed_precision`` when accelerate launched
+    the run (``$ACCELERATE_MIXED_PRECISION``), else whether a CUDA GPU supports bf16. An explicit
+    value that contradicts the launch config is refused: the run and the launcher must agree
+    (DeepSpeed refuses the mismatch, FSDP would silently compute in another precision)."""
+    bf16, launched = cfg.train.bf16, os.environ.get("ACCELERATE_MIXED_PRECISION")
     if bf16 == "auto":
+        if launched is not None:
+            return launched == "bf16"
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if launched is not None and launched in ("no", "bf16") and bool(bf16) != (launched == "bf16"):
+        raise ConfigError(
+            f"train.bf16={bf16} but the launch config has mixed_precision: {launched}; leave train.bf16=auto "
+            "(it follows the launch config) or launch with --mixed_precision " + ("bf16" if bf16 else "no")
+        )
     return bool(bf16)
 
 

@@ -27,6 +27,59 @@ log = logging.getLogger("aot")
 SHARD_ON_CPU = "AOT_SHARD_ON_CPU"
 
 
+# --- collectives for decisions (no-ops in one process) ----------------------------------------------
+
+
+def is_distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def barrier() -> None:
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_gather_objects(obj) -> list:
+    """``obj`` from every rank, in rank order."""
+    if not is_distributed():
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def decide_on_main(fn):
+    """``fn()`` run on global rank 0 only, its result given to every rank. An exception raised
+    there is raised on every rank, so that no rank goes on alone."""
+    result, error = None, None
+    if rank_and_world()[0] == 0:
+        try:
+            result = fn()
+        except Exception as e:  # re-raised below, on every rank
+            error = e
+    if is_distributed():
+        import torch.distributed as dist
+
+        box = [(result, error)]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box[0]
+    if error is not None:
+        raise error
+    return result
+
+
 class LaunchError(RuntimeError):
     """A launch that would silently run something other than what its config asks for."""
 
@@ -101,6 +154,47 @@ def steer_cpu_sharding(args) -> None:
     state.fsdp_plugin = plugin
     state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def set_fsdp2_precision(trainer) -> None:
+    """FSDP2 bf16 as this trainer needs it: parameters gathered and computed in bf16, gradients
+    reduce-scattered in float32, module outputs left in the dtype they were computed in.
+
+    accelerate builds ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=bf16,
+    output_dtype=bf16)`` and gives ``[final norm, lm_head]`` a ``fully_shard`` group of its own.
+    FSDP2 casts every group's floating outputs to ``output_dtype``: the head returns the per-row
+    log-prob sums in float32 (``aot.logps``), and a bf16 cast rounds a sum of -300.7 to -300.0
+    (steps of 2 nats between 256 and 512). ``output_dtype=None`` keeps them; bf16 layers still
+    return bf16. Gradients of float32 master weights are reduced in float32. No-op unless the
+    trainer runs FSDP2 with mixed precision; call before the model is prepared (before ``train``).
+    """
+    state = trainer.accelerator.state
+    plugin = getattr(state, "fsdp_plugin", None)
+    if plugin is None or plugin.fsdp_version != 2 or state.mixed_precision == "no":
+        return
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}[state.mixed_precision]
+    plugin.mixed_precision_policy = MixedPrecisionPolicy(
+        param_dtype=compute, reduce_dtype=torch.float32, output_dtype=None
+    )
+
+
+def one_device_per_process(args) -> None:
+    """A process without a distributed launcher trains on one GPU, never through ``nn.DataParallel``.
+
+    transformers sets ``n_gpu = torch.cuda.device_count()`` for such a process and wraps the model
+    in ``DataParallel``; its replicas would each call the output head on a slice of the rows while
+    ``aot.logps`` expects the whole batch. Several GPUs are used through a launcher instead.
+    """
+    if args.n_gpu > 1:
+        log.warning(
+            "one process uses one GPU (cuda:0) of the %d it sees; to use all of them launch through "
+            "accelerate: make train ... ACCEL=ddp|fsdp|deepspeed_zero3 NPROC=%d",
+            args.n_gpu,
+            args.n_gpu,
+        )
+        args._n_gpu = 1
 
 
 # --- what ran ------------------------------------------------------------------------------------

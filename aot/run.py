@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from aot.checkpoint import agree_on_checkpoint, output_dir_is_shared, use_node_local_files
 from aot.config import (  # noqa: F401 (compose, build_training_args re-exported for tests and benchmarks)
     ConfigError,
     build_training_args,
@@ -24,8 +25,9 @@ from aot.config import (  # noqa: F401 (compose, build_training_args re-exported
     ot_batch_line,
 )
 from aot.data import load_split, unpair
+from aot.distributed import decide_on_main
 from aot.losses import PAIRED_ONLY
-from aot.runtime import StopOnSignal, attach_ref_logps, check_run_dir, find_checkpoint, run_identity
+from aot.runtime import StopOnSignal, attach_ref_logps, check_run_dir, run_identity
 
 log = logging.getLogger("aot")
 
@@ -134,9 +136,10 @@ def _measure_before(trainer, out: Path, resumed: bool, measure_split) -> dict:
     """Diagnostics of the starting policy and the reference, kept in ``out`` so that a resumed
     run reports the start of the run, not the checkpoint it resumed from."""
     saved = out / "eval_before.pt"
-    if resumed and saved.is_file():
+    kept = decide_on_main(lambda: torch.load(saved) if resumed and saved.is_file() else None)
+    if kept is not None:  # read on rank 0 (other nodes may not share its disk), given to every rank
         log.info("diagnostics before training: from %s", saved)
-        return torch.load(saved)
+        return kept
     measured = measure_split()
     if resumed:
         log.warning("no %s: 'before' diagnostics are measured at the resumed checkpoint", saved)
@@ -160,10 +163,26 @@ def train(cfg: DictConfig) -> dict:
     if not main:
         log.setLevel(logging.WARNING)
     identity = run_identity(cfg)
-    if check_run_dir(out, identity, str(cfg.train.resume)) == "finished":
+    # Decided on rank 0 and broadcast: other nodes may not see its disk.
+    finished = decide_on_main(
+        lambda: (
+            json.loads((out / "metrics.json").read_text())
+            if check_run_dir(out, identity, str(cfg.train.resume)) == "finished"
+            else None
+        )
+    )
+    if finished is not None:
         log.info("%s already holds this config's finished run (metrics.json): nothing to train", out)
-        return json.loads((out / "metrics.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
+        return finished
+    shared = output_dir_is_shared(out)
+    if args.world_size > 1:
+        log.info(
+            "output_dir %s: %s",
+            out,
+            "one disk for every rank"
+            if shared
+            else "node-local (not shared): each node keeps its own copy of the checkpoints",
+        )
     if main:
         (out / "run.json").write_text(json.dumps(identity, indent=2, default=str) + "\n")
 
@@ -199,7 +218,8 @@ def train(cfg: DictConfig) -> dict:
 
     if method.startswith("aot"):
         log.info(ot_batch_line(cfg, args.world_size))
-    resume = find_checkpoint(out) if t.resume == "auto" else (None if t.resume == "never" else t.resume)
+    use_node_local_files(trainer, shared)
+    resume = agree_on_checkpoint(out, str(t.resume))
     if resume:
         log.info("resuming from %s", resume)
     total_params = parameter_count(run.policy)
@@ -271,10 +291,12 @@ def train(cfg: DictConfig) -> dict:
 
 def make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_features):
     """Our ``PreferenceTrainer``, or TRL's ``KTOTrainer`` for kto (on unpaired rows)."""
+    from aot.distributed import one_device_per_process, set_fsdp2_precision
     from aot.trainer import PreferenceCollator, PreferenceTrainer
 
+    one_device_per_process(args)
     if cfg.loss.name != "kto":
-        return PreferenceTrainer(
+        trainer = PreferenceTrainer(
             model=policy,
             args=args,
             train_dataset=train_features,
@@ -288,20 +310,29 @@ def make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_fea
             ref_model=reference,
             logps_chunk=cfg.train.logps_chunk,
         )
-    import datasets
-    from trl import KTOTrainer
+    else:
+        import datasets
+        import trl
 
-    rows = [
-        {"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]}
-        for r in unpair(train_split).rows
-    ]
-    return KTOTrainer(
-        model=policy,
-        ref_model=reference,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
+        from aot.checkpoint import ShardedCheckpoints
+
+        class KTOTrainer(ShardedCheckpoints, trl.KTOTrainer):
+            """TRL's KTO with this repo's checkpoints."""
+
+        rows = [
+            {"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]}
+            for r in unpair(train_split).rows
+        ]
+        trainer = KTOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=args,
+            train_dataset=datasets.Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+    trainer.save_dtype = getattr(torch, cfg.model.dtype)
+    set_fsdp2_precision(trainer)
+    return trainer
 
 
 def _print_summary(out: Path, metrics: dict) -> None:

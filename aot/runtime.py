@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import time
 import uuid
@@ -19,16 +18,6 @@ from transformers import TrainerCallback
 
 log = logging.getLogger("aot")
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm: SIGTERM on preemption, USR1 before the time limit
-
-
-def find_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-<step>`` directory with trainer state in ``output_dir``."""
-    steps = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and (path / "trainer_state.json").is_file():
-            steps.append((int(match.group(1)), path))
-    return str(max(steps)[1]) if steps else None
 
 
 #: Keys that do not change what a run trains: where it is written, how it was started, and how
@@ -62,7 +51,7 @@ def check_run_dir(out: Path, identity: dict, resume: str) -> str:
     from aot.config import ConfigError
 
     recorded = out / "run.json"
-    checkpoints = find_checkpoint(out)
+    checkpoints = any(out.glob("checkpoint-*/trainer_state.json"))
     if recorded.is_file() and resume != "never":
         old = json.loads(recorded.read_text())
         if old["config_hash"] != identity["config_hash"]:

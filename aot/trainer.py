@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
 
+from aot.checkpoint import ShardedCheckpoints
 from aot.data import Split
 from aot.logps import DEFAULT_CHUNK, sequence_logps
 from aot.losses import LOSSES, PAIRED_ONLY, fsd_violation, gather_global, reward_accuracy
@@ -339,7 +340,7 @@ class AfterPreparation(TrainerCallback):
         self.fn()
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(ShardedCheckpoints, Trainer):
     """``Trainer`` with the preference forward pass; ``method`` names a loss in ``aot.losses.LOSSES``."""
 
     loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
@@ -448,6 +449,16 @@ class PreferenceTrainer(Trainer):
             return
         boundary = last and self.accelerator.sync_gradients
         self.accelerator.deepspeed_engine_wrapped.backward(loss, sync_gradients=boundary, scale_wrt_gas=False)
+
+    def _prepare_input(self, data):
+        """The Trainer's device move, except that precomputed reference log-probs keep float32:
+        under DeepSpeed the Trainer casts every floating tensor to the engine's dtype, and a bf16
+        reference log-prob sum is off by up to 1-2 nats at the sums of real answers."""
+        if isinstance(data, dict) and "ref_logps" in data:
+            moved = super()._prepare_input({k: v for k, v in data.items() if k != "ref_logps"})
+            moved["ref_logps"] = data["ref_logps"].to(self.args.device)
+            return moved
+        return super()._prepare_input(data)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
