@@ -226,6 +226,27 @@ def backend_name(trainer) -> str:
     return "single process"
 
 
+def precision(trainer) -> dict:
+    """The precision that ran: DeepSpeed's bf16 switch (it casts the whole model), or FSDP2's
+    mixed-precision policy (dtypes of the gathered parameters, the gradient reduction and module
+    outputs; ``None`` = unchanged), or the autocast accelerate applies."""
+    from accelerate.utils import DistributedType
+
+    state = trainer.accelerator.state
+    if state.distributed_type == DistributedType.DEEPSPEED:
+        bf16 = state.deepspeed_plugin.deepspeed_config.get("bf16", {}).get("enabled") is True
+        return {"deepspeed_bf16": bf16}
+    policy = getattr(getattr(state, "fsdp_plugin", None), "mixed_precision_policy", None)
+    if policy is not None and state.fsdp_plugin.fsdp_version == 2:
+        name = lambda d: None if d is None else str(d).removeprefix("torch.")  # noqa: E731
+        return {
+            "fsdp2_param": name(policy.param_dtype),
+            "fsdp2_reduce": name(policy.reduce_dtype),
+            "fsdp2_output": name(policy.output_dtype),
+        }
+    return {"autocast": state.mixed_precision}
+
+
 def describe(trainer, total_params: int) -> dict:
     """What actually ran, after the Trainer prepared the model: backend, processes, share of the
     policy's parameters held by this rank (``total_params`` is counted before preparation)."""
@@ -237,6 +258,10 @@ def describe(trainer, total_params: int) -> dict:
         "processes": state.num_processes,
         "device": str(trainer.args.device),
         "mixed_precision": state.mixed_precision,
+        "precision": precision(trainer),
+        "activation_checkpointing": bool(
+            getattr(trainer.accelerator.unwrap_model(trainer.model), "is_activation_checkpointing", False)
+        ),
         "params_per_rank": local / max(total_params, 1),
     }
     info["line"] = (

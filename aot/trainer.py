@@ -420,14 +420,17 @@ class PreferenceTrainer(ShardedCheckpoints, Trainer):
         )
         (grad,) = torch.autograd.grad(loss, all_logps)
         grad = grad / self.current_gradient_accumulation_steps  # scaled once, here
-        offset = 0
+        offset, replay_error = 0, torch.zeros((), device=all_logps.device)
         for k, (mb, state) in enumerate(zip(micro, states)):
             _set_rng_state(state)
             last = k == len(micro) - 1
             with self._micro_batch_sync(model, last):
                 lp, _ = sequence_logps(model, mb, self.logps_chunk)
                 self._backward((lp * grad[offset : offset + len(lp)]).sum(), last)
+            # Pass 2 must recompute pass 1's values (same dropout masks); logged, 0 when it does.
+            replay_error = torch.maximum(replay_error, (lp.detach() - logps[k]).abs().max())
             offset += len(lp)
+        stats["two_pass/replay_error"] = gather_global(replay_error.float().reshape(1)).max().item()
         self._record(model, stats)
         return loss.detach() / self.current_gradient_accumulation_steps
 

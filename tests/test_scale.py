@@ -131,6 +131,10 @@ def test_two_pass_replays_dropout(tmp_path, tiny_path, monkeypatch, replay):
     trainer.current_gradient_accumulation_steps = 1
     micro = next(iter(trainer.get_train_dataloader()))["micro_batches"]
     params = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(0)  # a trained-looking adapter: with B = 0 dropout would not change the outputs
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
 
     torch.manual_seed(123)
     start = torch.get_rng_state()
@@ -138,6 +142,9 @@ def test_two_pass_replays_dropout(tmp_path, tiny_path, monkeypatch, replay):
         monkeypatch.setattr(trainer_module, "_set_rng_state", lambda state: None)
     trainer._two_pass_step(model, micro)
     two_pass = [p.grad.clone() for p in params]
+    # The logged replay check (pass 2's log-probs against pass 1's) sees the same thing.
+    (replay_error,) = trainer._metrics["train"]["two_pass/replay_error"]
+    assert (replay_error == 0) == replay
     model.zero_grad()
 
     torch.set_rng_state(start)  # one graph: the same draws, in the same order, as pass 1
@@ -262,3 +269,34 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_p
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from {out / f'checkpoint-{step}'}" in again.stdout + again.stderr
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_one_process_on_a_multi_gpu_node_trains_on_one_device_not_dataparallel(tmp_path, tiny_path, caplog):
+    """transformers gives a process launched without a launcher n_gpu = device_count() and wraps
+    the model in nn.DataParallel, whose replicas would each run the output head on a slice of the
+    rows. Simulated here by the n_gpu that TrainingArguments computes on a node with 2 GPUs."""
+    from aot.data import load_split
+    from aot.run import build_training_args, prepare
+
+    cfg = compose(f"output_dir={tmp_path}", "train.per_device_train_batch_size=8")
+    args = build_training_args(cfg)
+    args._n_gpu = 2  # TrainingArguments._setup_devices: self._n_gpu = torch.cuda.device_count()
+    with caplog.at_level("WARNING", logger="aot"):
+        trainer = prepare(cfg, args, load_split(cfg.data, "train")).trainer
+    assert trainer.args.n_gpu == 1 and "one process uses one GPU (cuda:0) of the 2 it sees" in caplog.text
+    assert not isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)
+
+
+@pytest.mark.parametrize(
+    "launched,setting,expected", [("bf16", "auto", True), ("no", "auto", False), ("bf16", "false", None)]
+)
+def test_train_bf16_follows_the_launch_config(monkeypatch, launched, setting, expected):
+    from aot.config import use_bf16
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
+    cfg = compose(f"train.bf16={setting}")
+    if expected is None:
+        with pytest.raises(ConfigError, match="mixed_precision: bf16"):
+            use_bf16(cfg)
+    else:
+        assert use_bf16(cfg) is expected

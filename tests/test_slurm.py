@@ -165,3 +165,37 @@ def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(tmp
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resuming from {out / f'checkpoint-{step}'}" in again.stdout + again.stderr
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("accel", ["fsdp", "deepspeed_zero3"])
+def test_two_nodes_make_one_job_of_one_launcher_per_node(accel, monkeypatch, tmp_path):
+    """The launch line slurm/train.sh gives node 1 of 2, through accelerate's own `launch` command
+    up to the process start: torch.distributed.run joining node 0's rendezvous as node 1 of 2.
+    (DeepSpeed's default multi-node launcher would instead start `deepspeed --hostfile None` on
+    every node: N separate jobs writing to one output_dir.)"""
+    import shlex
+    import types
+
+    import accelerate.commands.launch as accelerate_launch
+    import torch.distributed.run
+
+    out = slurm_dry_run(2, "MODEL=merlinite", "LOSS=aot_unpaired", "DATA=ultrafeedback", f"ACCEL={accel}")
+    started, spawned = [], []
+    monkeypatch.setattr(torch.distributed.run, "run", started.append)
+    finished = types.SimpleNamespace(wait=lambda: 0, returncode=0)
+    monkeypatch.setattr(
+        accelerate_launch.subprocess, "Popen", lambda cmd, **kw: spawned.append(cmd) or finished
+    )
+    monkeypatch.chdir(tmp_path)  # the pdsh path would write .deepspeed_env into the working directory
+    line = next(x for x in out.splitlines() if x.startswith("srun "))
+    launch = shlex.split(shlex.split(line)[-1].replace("$SLURM_NODEID", "1"))
+    assert launch[:2] == ["accelerate", "launch"]
+    args = accelerate_launch.launch_command_parser().parse_args(launch[2:])
+    args.config_file = os.path.join(REPO, args.config_file)
+    accelerate_launch.launch_command(args)
+    assert not [cmd for cmd in spawned if cmd[0] != "nvidia-smi"]  # (accelerate probes the GPUs)
+    (run,) = started
+    assert (run.nnodes, run.node_rank, run.nproc_per_node) == ("2", 1, "8")
+    main = out.split("main node ")[1].split(":")[0]
+    endpoint = run.rdzv_endpoint or f"{run.master_addr}:{run.master_port}"
+    assert endpoint == f"{main}:29500"  # node 0, where the batch script runs
