@@ -292,7 +292,10 @@ def _fsdp_reference(trainer, reference):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         layers = tuple(getattr(reference, "_no_split_modules", None) or ())
-        kwargs = {}
+        # A frozen copy runs forward only: every group, the root's (embeddings, final norm, head)
+        # included, gives its gathered parameters back after its forward. The root's default
+        # would keep them whole for a backward that never comes: about 0.5 GB per GPU at 7B.
+        kwargs = {"reshard_after_forward": True}
         if plugin.mixed_precision_policy is not None and isinstance(
             plugin.mixed_precision_policy, MixedPrecisionPolicy
         ):
@@ -390,6 +393,12 @@ def _reshard(model) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
+
+
+def share_per_rank(model) -> float:
+    """The share of ``model``'s parameters this rank holds now (1.0 unsharded, 0.5 halved over 2)."""
+    local, total = map(sum, zip(*(_local_and_total(p) for p in model.parameters())))
+    return local / max(total, 1)
 
 
 def parameter_count(model) -> int:

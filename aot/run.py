@@ -35,17 +35,33 @@ log = logging.getLogger("aot")
 # --- loading -------------------------------------------------------------------------------------
 
 
-def model_path(cfg: DictConfig) -> str:
-    """The directory or hub id to load: the two offline fixtures by name, else as given."""
-    if cfg.model.name_or_path == "tiny":
+#: What a causal LM and its tokenizer load from a hub repository (weights as safetensors; the
+#: older ``*.bin`` only when a repository has no safetensors).
+MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def model_path(cfg: DictConfig, download: bool = True) -> str:
+    """The local directory to load: the two offline fixtures by name, a directory as given, or a
+    hub repository's snapshot in the Hugging Face cache, fetched when ``download`` (the first
+    process of each node, ``main_process_first``) or found there (every other process)."""
+    name = cfg.model.name_or_path
+    if name == "tiny":
         from aot.tiny import build_tiny
 
         return str(build_tiny())
-    if cfg.model.name_or_path == "smollm2":
+    if name == "smollm2":
         from aot.smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
-    return cfg.model.name_or_path
+    if Path(name).is_dir():
+        return name
+    from huggingface_hub import snapshot_download
+
+    fetch = dict(revision=cfg.model.get("revision"), local_files_only=not download)
+    path = snapshot_download(name, allow_patterns=MODEL_FILES, **fetch)
+    if not any(Path(path).glob("*.safetensors")):
+        path = snapshot_download(name, allow_patterns=[*MODEL_FILES, "*.bin"], **fetch)
+    return path
 
 
 def load_tokenizer(cfg: DictConfig, path: str):
@@ -117,8 +133,8 @@ def prepare(cfg: DictConfig, args, train_split) -> Prepared:
     from aot.trainer import AfterPreparation, PreferenceCollator, tokenize_split
 
     steer_cpu_sharding(args)
-    with args.main_process_first(desc="model files"):  # the tiny model is built once, by rank 0
-        path = model_path(cfg)
+    with args.main_process_first(desc="model files"):  # one download (or fixture build) per node
+        path = model_path(cfg, download=args.local_process_index == 0)
     tokenizer = load_tokenizer(cfg, path)
     policy, reference = load_models(cfg, path)
     t = cfg.train
@@ -151,7 +167,7 @@ def _measure_before(trainer, out: Path, resumed: bool, measure_split) -> dict:
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns what it wrote to metrics.json."""
     from aot.diagnostics import measure, plot_quantiles, summarise
-    from aot.distributed import check_launch, describe, parameter_count
+    from aot.distributed import check_launch, describe, parameter_count, share_per_rank
     from aot.trainer import AfterPreparation, PreferenceCollator, tokenize_split
 
     started = time.time()
@@ -186,7 +202,8 @@ def train(cfg: DictConfig) -> dict:
     if main:
         (out / "run.json").write_text(json.dumps(identity, indent=2, default=str) + "\n")
 
-    train_split, test_split = load_split(cfg.data, "train"), load_split(cfg.data, "test")
+    with args.main_process_first(desc="data files"):  # one download per node; the others read its cache
+        train_split, test_split = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     if method in PAIRED_ONLY and train_split.kind != "paired":
         raise ConfigError(f"loss={method} needs paired rows; {train_split.source} is unpaired")
     for split in (train_split, test_split):
@@ -195,7 +212,8 @@ def train(cfg: DictConfig) -> dict:
     run = prepare(cfg, args, train_split)
     tokenizer, trainer = run.tokenizer, run.trainer
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["model"]["name_or_path"] = run.path
+    if cfg.model.name_or_path in ("tiny", "smollm2"):  # fixtures: the directory they were built in
+        resolved["model"]["name_or_path"] = run.path
     if main:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
 
@@ -244,6 +262,8 @@ def train(cfg: DictConfig) -> dict:
             out,
         )
         return {"stopped_at": stopper.stopped_at}
+    if getattr(trainer, "ref_model", None) is not None:  # after its last forward: still sharded?
+        seen["distributed"]["reference_params_per_rank"] = share_per_rank(trainer.ref_model)
     trainer.save_model(str(out))
     if main:
         tokenizer.save_pretrained(str(out))

@@ -300,3 +300,29 @@ def test_train_bf16_follows_the_launch_config(monkeypatch, launched, setting, ex
             use_bf16(cfg)
     else:
         assert use_bf16(cfg) is expected
+
+
+@pytest.mark.slow
+def test_two_processes_fetch_a_hub_model_once(tmp_path, tiny_path):
+    """Downloads are main-process-first: on a cold cache the first process of the node fetches
+    the hub repository, the other reads the cache (8 GPUs x 14 GB downloads otherwise). The Hub
+    is a stand-in serving the tiny model as `standin/tiny` (tests/standin_hub.py)."""
+    from standin_hub import standin_hub
+
+    with standin_hub({"standin/tiny": tiny_path}) as (endpoint, requests):
+        env = {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+        proc = launch(
+            f"output_dir={tmp_path / 'run'}",
+            "model.name_or_path=standin/tiny",
+            "train.max_steps=1",
+            "data.max_test_samples=8",
+            "train.per_device_train_batch_size=8",
+            nproc=2,
+            env={**env, "OMP_NUM_THREADS": "1"},
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    downloads = [path for method, path in requests if method == "GET" and "/resolve/" in path]
+    assert "/standin/tiny/resolve/" in " ".join(downloads) and any(
+        p.endswith("model.safetensors") for p in downloads
+    )
+    assert len(requests) == len(set(requests)), sorted(requests)  # every request made once: by one process

@@ -121,6 +121,8 @@ def check_against_one_process(out, oracle, backend: str):
     d = m["distributed"]
     assert d["backend"] == backend and d["processes"] == 2
     assert 0.4 < d["params_per_rank"] < 0.6  # really sharded: about half of every tensor per rank
+    if "model.lora=false" in CASES[out.name][0]:  # the frozen reference, after its last forward
+        assert 0.4 < d["reference_params_per_rank"] < 0.6
     losses = lambda h: [x["loss"] for x in h if "loss" in x]  # noqa: E731
     assert losses(m["log_history"]) == pytest.approx(losses(one["log_history"]), abs=1e-5)
     for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen"):  # over every rank's rows
