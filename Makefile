@@ -17,7 +17,7 @@ NPROC ?=
 # configs/accelerate/$(ACCEL).yaml; the *_cpu configs shard for real on CPU processes (AOT_SHARD_ON_CPU=1).
 LAUNCH = $(if $(ACCEL),$(if $(filter %_cpu,$(ACCEL)),AOT_SHARD_ON_CPU=1 OMP_NUM_THREADS=1) $(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
-.PHONY: install smollm2 train experiment test lint bench-loss bench-train bench-scale bench-memory eval-open-llm eval-alpaca results
+.PHONY: install smollm2 train experiment test lint bench-loss bench-train bench-scale bench-memory bench-sharded eval-open-llm eval-alpaca results
 
 install: $(STAMP)
 
@@ -76,3 +76,6 @@ bench-scale: install smollm2
 
 bench-memory: install smollm2
 	$(PY) benchmarks/bench_memory.py
+
+bench-sharded: install smollm2
+	$(PY) benchmarks/bench_sharded.py

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -147,11 +148,12 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 def save_shard(model, optimizer, checkpoint_dir: Path) -> Path:
     """This rank's slice of every trainable parameter and of the optimizer state, in one file."""
     rank, world = rank_and_world()
-    params = {n: _local(p).detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    # clone(): a local shard may view a larger buffer, and torch.save writes a view's whole storage
+    own = lambda t: _local(t).detach().cpu().clone()  # noqa: E731
+    params = {n: own(p) for n, p in model.named_parameters() if p.requires_grad}
     optim = optimizer.state_dict()
     optim["state"] = {
-        i: {k: _local(v).detach().cpu() if torch.is_tensor(v) else v for k, v in s.items()}
-        for i, s in optim["state"].items()
+        i: {k: own(v) if torch.is_tensor(v) else v for k, v in s.items()} for i, s in optim["state"].items()
     }
     path = Path(checkpoint_dir) / shard_name(rank, world)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,6 +250,10 @@ class ShardedCheckpoints:
 
     save_dtype: torch.dtype | None = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checkpoint_seconds: list[float] = []  # this rank's time in each checkpoint it wrote
+
     def _is_fsdp2(self) -> bool:
         return bool(self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.fsdp_version == 2)
 
@@ -288,8 +294,10 @@ class ShardedCheckpoints:
             torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
 
     def _save_checkpoint(self, model, trial) -> None:
+        started = time.monotonic()
         super()._save_checkpoint(model, trial)
         mark_complete(Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}")
+        self.checkpoint_seconds.append(round(time.monotonic() - started, 3))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if not self._is_fsdp2():

@@ -213,8 +213,9 @@ def load_split(data_cfg, which: str) -> Split:
     """Load ``which`` ("train" or "test") as configured by a ``recipes/data/*.yaml`` recipe."""
     source, skip = data_cfg.source, bool(data_cfg.get("skip_invalid", False))
     split_name = data_cfg.get(f"{which}_split") or which
-    if source == "sample":  # its test split is always paired, so the margins can be plotted
-        path = SAMPLE_DIR / f"{data_cfg.view if which == 'train' else 'paired'}_{which}.jsonl"
+    if source == "sample":  # its test split is paired (the long view's own), so margins can be plotted
+        view = data_cfg.view if which == "train" or data_cfg.view == "long" else "paired"
+        path = SAMPLE_DIR / f"{view}_{which}.jsonl"
         split = normalise(read_file(path), which, str(path), skip)
     elif source == "local":
         path = data_cfg.get(f"{which}_path")

@@ -263,6 +263,8 @@ def describe(trainer, total_params: int) -> dict:
             getattr(trainer.accelerator.unwrap_model(trainer.model), "is_activation_checkpointing", False)
         ),
         "params_per_rank": local / max(total_params, 1),
+        # Host memory so far (loading included), per rank: every rank a full copy, or rank 0 only?
+        "peak_host_rss_gb_per_rank": all_gather_objects(round(peak_rss_bytes() / 1e9, 3)),
     }
     info["line"] = (
         f"distributed: {info['backend']}, {info['processes']} process{'es' if info['processes'] > 1 else ''} "
@@ -289,21 +291,18 @@ def prepare_reference(trainer, reference):
 def _fsdp_reference(trainer, reference):
     plugin = trainer.accelerator.state.fsdp_plugin
     if plugin.fsdp_version == 2:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+        from torch.distributed.fsdp import FSDPModule
 
-        layers = tuple(getattr(reference, "_no_split_modules", None) or ())
-        # A frozen copy runs forward only: every group, the root's (embeddings, final norm, head)
-        # included, gives its gathered parameters back after its forward. The root's default
-        # would keep them whole for a backward that never comes: about 0.5 GB per GPU at 7B.
-        kwargs = {"reshard_after_forward": True}
-        if plugin.mixed_precision_policy is not None and isinstance(
-            plugin.mixed_precision_policy, MixedPrecisionPolicy
-        ):
-            kwargs["mp_policy"] = plugin.mixed_precision_policy
+        # Sharded as the policy is (groups, mixed precision, rank 0's weights broadcast when the
+        # other ranks hold none). A frozen copy runs forward only: every group, the root's
+        # (embeddings, final norm, head) included, gives its gathered parameters back after its
+        # forward; the defaults keep the tail and root whole for a backward that never comes
+        # (about 0.5 GB per GPU at 7B).
+        reference = fsdp2_prepare_model(trainer.accelerator, reference)
         for module in reference.modules():
-            if type(module).__name__ in layers:
-                fully_shard(module, **kwargs)
-        fully_shard(reference, **kwargs)
+            if isinstance(module, FSDPModule):
+                module.set_reshard_after_forward(True, recurse=False)
         return reference
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -393,6 +392,13 @@ def _reshard(model) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports ``ru_maxrss`` in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def share_per_rank(model) -> float:

@@ -25,7 +25,7 @@ from aot.config import (  # noqa: F401 (compose, build_training_args re-exported
     ot_batch_line,
 )
 from aot.data import load_split, unpair
-from aot.distributed import decide_on_main
+from aot.distributed import all_gather_objects, decide_on_main
 from aot.losses import PAIRED_ONLY
 from aot.runtime import StopOnSignal, attach_ref_logps, check_run_dir, run_identity
 
@@ -89,13 +89,17 @@ def load_models(cfg: DictConfig, path: str):
         attn_implementation=cfg.model.attn_implementation,
         revision=cfg.model.get("revision"),
     )
-    policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+    policy = load()
     if cfg.train.disable_dropout:
         for module in policy.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     if not cfg.model.lora:
-        reference = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval().requires_grad_(False)
+        reference = load().eval().requires_grad_(False)
         return policy, reference
     from peft import LoraConfig, get_peft_model
 
@@ -264,6 +268,7 @@ def train(cfg: DictConfig) -> dict:
         return {"stopped_at": stopper.stopped_at}
     if getattr(trainer, "ref_model", None) is not None:  # after its last forward: still sharded?
         seen["distributed"]["reference_params_per_rank"] = share_per_rank(trainer.ref_model)
+    checkpoint_seconds = all_gather_objects(trainer.checkpoint_seconds)
     trainer.save_model(str(out))
     if main:
         tokenizer.save_pretrained(str(out))
@@ -293,6 +298,7 @@ def train(cfg: DictConfig) -> dict:
                 **test_trunc,
             },
         },
+        "checkpoint_seconds_per_rank": checkpoint_seconds,
         "wall_seconds": round(time.time() - started, 1),
     }
     if main:

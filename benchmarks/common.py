@@ -122,10 +122,12 @@ def write(name: str, result: dict, out: str | None = None) -> Path:
 # --- TRL on our rows -------------------------------------------------------------------------------
 
 
-def trl_aot_trainer(cfg, model_path: str, tokenizer, rows: list[dict], out: str, steps: int):
+def trl_aot_trainer(
+    cfg, model_path, tokenizer, rows: list[dict], out: str, steps: int, model=None, bf16=False
+):
     """TRL 1.16 ``DPOTrainer(loss_type="aot_unpaired")`` with the run's LoRA, batch, learning rate
-    and sequence limit and the run's gradient checkpointing; no bf16 (TRL's default, off as ours
-    is on a CPU). ``rows`` are either text (prompt/chosen/rejected) or our token rows
+    and sequence limit and the run's gradient checkpointing; bf16 as asked (off on a CPU, as ours).
+    ``model``: a model object to train instead of loading ``model_path``. ``rows`` are either text (prompt/chosen/rejected) or our token rows
     (prompt_ids/chosen_ids/rejected_ids): TRL's own collator, forward and loss consume the
     latter unchanged; only its text tokenisation is skipped so that both trainers see the same
     tokens."""
@@ -154,7 +156,7 @@ def trl_aot_trainer(cfg, model_path: str, tokenizer, rows: list[dict], out: str,
         save_strategy="no",
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        bf16=bf16,
         gradient_checkpointing=bool(t.gradient_checkpointing),
         loss_type=["aot_unpaired"],
         beta=cfg.loss.beta,
@@ -169,7 +171,9 @@ def trl_aot_trainer(cfg, model_path: str, tokenizer, rows: list[dict], out: str,
         task_type="CAUSAL_LM",
     )
     return TokenRowsDPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, m.dtype)),
+        model=model
+        if model is not None
+        else AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, m.dtype)),
         args=args,
         processing_class=tokenizer,
         train_dataset=datasets.Dataset.from_list(rows),

@@ -1,28 +1,43 @@
 #!/usr/bin/env bash
-# The GPU paths on a machine with 1 to 8 CUDA GPUs, with no download (benchmarks/gpu_check.py):
-# tiny bf16 runs on one GPU and under DDP, FSDP2 and DeepSpeed ZeRO-3 (AOT unpaired and paired,
-# the two-pass step, the precomputed reference, full fine-tuning), the multi-process equality
-# check, then bench-scale. Writes gpu.json, one log per run and scale.json under OUT.
+# The checks that need a GPU, as one command, most important first; each result lands in $OUT as
+# soon as it exists (a run cut off by its time limit keeps what it finished):
+#   1. headline.log: the bf16 value check (tests/test_headline_regime.py, FSDP2 with one process):
+#      per-row log-probs of 200-token answers against a float32-accumulated oracle, step-1 loss
+#   2. memory7b.json: a Mistral-7B-shaped model with random weights built on the GPU, one LoRA step
+#      at 1,024 tokens with gradient checkpointing (chunked log-probs, full logits, TRL 1.16), peak
+#      CUDA memory, and the largest OT batch that fits (benchmarks/gpu_memory.py)
+#   3. gpu.json: the tiny runs (benchmarks/gpu_check.py; multi-process ones with 2+ GPUs)
+#   plus gpu.txt (nvidia-smi) and check.log (this script's output).
 #
-#   python -m aot.tiny                       # build the tiny model first (any machine; .cache/ travels)
-#   bash benchmarks/gpu_check.sh [OUT=dir]   # on the GPU machine; then, here:
-#   python benchmarks/readme_tables.py       # the README's GPU table from benchmarks/results/gpu.json
-#
-# A machine without this repo's environment can take the pinned packages as wheels in .whl/
-# (installed into /tmp/site, first on PYTHONPATH); PY= picks the interpreter.
+# On the lent machine (Python 3.12, its own CUDA torch, no network), with the pinned pure-Python
+# packages carried as wheels built here first (bash benchmarks/gpu_wheels.sh -> .whl/):
+#   bash benchmarks/gpu_check.sh OUT=$OUT            # carry .whl and .cache (the tiny model)
+# The wheels go to /tmp/site, after the machine's own packages on the path for torch and numpy
+# (never carried), before them for the rest; the repo is imported from the checkout, uninstalled.
 set -uo pipefail
 for word in "$@"; do export "${word%%=*}=${word#*=}"; done
 OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+exec > >(tee -a "$OUT/check.log") 2>&1
 if compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
 fi
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
+$PY -c "import torch, numpy; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.__file__, 'numpy', numpy.__version__)" || exit 1
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-$PY -c "from aot.tiny import build_tiny; print(build_tiny())"
-$PY benchmarks/gpu_check.py --out "$OUT"
-if [ -z "${SKIP_SCALE:-}" ]; then
-  timeout "${SCALE_TIMEOUT:-600}" $PY benchmarks/bench_scale.py --out "$OUT/scale.json" | tail -12
-fi
+$PY -m aot.tiny || exit 1
+
+echo "== 1. headline bf16 values (FSDP2, one process)"
+AOT_TEST_PROCESSES=1 timeout "${HEADLINE_TIMEOUT:-240}" $PY -m pytest -q -p no:cacheprovider \
+  tests/test_headline_regime.py -k fsdp2 > "$OUT/headline.log" 2>&1
+echo "exit $?" >> "$OUT/headline.log"; tail -n 3 "$OUT/headline.log"
+
+echo "== 2. Mistral-7B-shaped LoRA step at 1,024 tokens"
+timeout "${MEMORY_TIMEOUT:-300}" $PY benchmarks/gpu_memory.py --out "$OUT/memory7b.json"
+
+echo "== 3. tiny runs"
+[ -n "${SKIP_TINY:-}" ] || timeout "${TINY_TIMEOUT:-600}" $PY benchmarks/gpu_check.py --out "$OUT"

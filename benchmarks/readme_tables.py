@@ -1,8 +1,9 @@
-"""Rewrite the README's benchmark tables from benchmarks/results/*.json (run after a benchmark).
+"""Rewrite the benchmark tables of the docs from benchmarks/results/*.json (run after a benchmark).
 
-    python benchmarks/readme_tables.py [loss train scale memory gpu]   # default: every table
+    python benchmarks/readme_tables.py [loss train scale memory sharded gpu]   # default: every table
 
-Each table sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md.
+Each table sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md or in
+one of docs/*.md (``document``).
 """
 
 import json
@@ -119,6 +120,41 @@ def scale_table(d: dict) -> str:
     )
 
 
+def sharded_table(d: dict) -> str:
+    def gb(x):
+        return f"{x / 1e9:.3f}"
+
+    lines = [
+        machine_line(d["machine"]) + " SmolLM2-135M, FSDP2 on 2 CPU processes, bf16 mixed precision.\n",
+        "| training | efficient loading | peak host GB, rank 0 / 1 | checkpoint s, rank 0 / 1 "
+        "| shard GB per rank | rank 0's other files GB |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        rss = " / ".join(f"{x:.2f}" for x in r["peak_host_rss_gb_per_rank"])
+        secs = " / ".join(f"{max(s):.1f}" for s in r["checkpoint_seconds_per_rank"])
+        lines.append(
+            f"| {'LoRA' if r['lora'] else 'full'} | {'yes' if r['efficient_loading'] else 'no'} | {rss} | {secs} "
+            f"| {gb(r['shard_bytes_per_rank'][0])} | {gb(r['rank0_other_bytes'])} |"
+        )
+    e = d["mistral_7b"]
+    lines.append(
+        f"\nMistral-7B on 8 ranks, from the bytes per trained parameter measured here "
+        f"({e['lora']['bytes_per_trained_param']} LoRA, {e['full']['bytes_per_trained_param']} full: a float32 weight "
+        f"and two Adam moments): {e['lora']['gb_per_rank_8_ranks']:.3f} GB per rank for LoRA, "
+        f"{e['full']['gb_per_rank_8_ranks']:.1f} GB per rank for full fine-tuning, per checkpoint."
+    )
+    return "\n".join(lines)
+
+
+def document(name: str) -> Path:
+    """The markdown file that holds table ``name``: README.md or one of docs/*.md."""
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        if f"<!-- bench:{name} -->" in path.read_text():
+            return path
+    raise SystemExit(f"no <!-- bench:{name} --> section in README.md or docs/*.md")
+
+
 def gpu_table(d: dict) -> str:
     m = d["machine"]
 
@@ -147,28 +183,24 @@ def gpu_table(d: dict) -> str:
 
 
 def main() -> None:
-    readme = (REPO / "README.md").read_text()
     tables = (
         ("loss", loss_table),
         ("train", train_table),
         ("scale", scale_table),
         ("memory", memory_table),
+        ("sharded", sharded_table),
         ("gpu", gpu_table),
     )
     wanted = set(sys.argv[1:]) or {name for name, _ in tables}  # e.g. `readme_tables.py memory`
     for name, fn in tables:
         path = RESULTS / f"{name}.json"
-        if name not in wanted:
-            continue
-        if not path.is_file():
+        if name not in wanted or not path.is_file():
             continue
         table = fn(json.loads(path.read_text()))
+        target = document(name)
         pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
-        if not pattern.search(readme):
-            raise SystemExit(f"README.md has no <!-- bench:{name} --> section")
-        readme = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), readme)
-    (REPO / "README.md").write_text(readme)
-    print("README.md tables updated")
+        target.write_text(pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), target.read_text()))
+        print(f"{target.relative_to(REPO)}: table {name} updated")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ the reward distributions. Views:
 - unpaired_{train,test}.jsonl: {"prompt", "completion", "label"}, one row per prompt (never
   both answers of a prompt), about 60% chosen, so chosen and rejected rows share no prompt and
   come in unequal numbers.
+- long_{train,test}.jsonl: 64 / 32 pairs whose answers string 18 of the pairs' answers together
+  (about 200 tokens for the tiny model): completion log-prob sums past 256 nats, where bf16 can
+  no longer hold a sum to a nat. For precision tests and GPU checks (`data.view=long`).
 
 It also writes the bundled lm-eval task's questions (evaluation/tasks/aot_tiny/aot_tiny_qa.jsonl):
 one multiple-choice question per fact, four choices, for quick offline evaluation of tiny runs.
@@ -112,6 +115,15 @@ def write(name: str, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def long_pairs(rows: list[dict], n: int, rng: random.Random, k: int = 18) -> list[dict]:
+    out = []
+    for _ in range(n):
+        pick = rng.sample(rows, k)
+        joined = {key: " ".join(r[key] for r in pick) for key in ("chosen", "rejected")}
+        out.append({"prompt": pick[0]["prompt"], **joined})
+    return out
+
+
 def questions(rng: random.Random) -> list[dict]:
     rows = []
     for kind in sorted(FACTS):
@@ -134,6 +146,9 @@ def main() -> None:
     write("paired_test.jsonl", test)
     write("unpaired_train.jsonl", unpaired(train, rng))
     write("unpaired_test.jsonl", unpaired(test, rng))
+    long_rng = random.Random(SEED + 2)
+    write("long_train.jsonl", long_pairs(train, 64, long_rng))
+    write("long_test.jsonl", long_pairs(test, 32, long_rng))
     TASK.parent.mkdir(parents=True, exist_ok=True)
     qa = questions(random.Random(SEED + 1))
     TASK.write_text("".join(json.dumps(r) + "\n" for r in qa))

@@ -25,6 +25,14 @@
 #
 # The script finds the repo from the path it was submitted with, so sbatch works from any
 # directory (AOT_REPO=... overrides).
+#
+# Disks: the nodes need not share one. The repo and its .venv must be at the same path on every
+# node (a shared disk, or a copy on each); output_dir may be node-local. At start rank 0 writes a
+# token under output_dir and every rank looks for it: on a shared disk rank 0 writes the files all
+# ranks read; on node-local disks the first process of each node writes its own copy of them, and
+# every rank writes its own shard of each checkpoint to its own disk. Which checkpoint to resume is
+# agreed by all ranks (the newest complete on every node), and everything else rank 0 decides and
+# broadcasts. Metrics, plots and the final model are written on node 0 (docs/scale-out.md).
 #SBATCH --job-name=aot-train
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -76,7 +84,8 @@ LAUNCH="accelerate launch --config_file configs/accelerate/$ACCEL.yaml --num_mac
 scripts/train.py model=$MODEL loss=$LOSS data=$DATA $ARGS"
 # srun no longer inherits sbatch's --cpus-per-task (Slurm >= 22.05): pass it on.
 SRUN="srun --nodes=$NNODES --ntasks-per-node=1${SLURM_CPUS_PER_TASK:+ --cpus-per-task=$SLURM_CPUS_PER_TASK} --kill-on-bad-exit=1 bash -c"
-# The trainer polls this file after each step (shared filesystem: every node sees the repo).
+# Global rank 0, on this node (node 0 of the allocation), polls this file after each step and
+# tells every rank to stop: no other node needs to see it.
 export AOT_STOP_FILE=${AOT_STOP_FILE:-$REPO/outputs/.stop/job-${SLURM_JOB_ID:-local}} AOT_STOP_LEAD_S=$STOP_LEAD
 
 if [ -n "${DRY_RUN:-}" ]; then
