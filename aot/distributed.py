@@ -180,6 +180,25 @@ def set_fsdp2_precision(trainer) -> None:
     )
 
 
+def place_before_sharding(model, device):
+    """Under FSDP on a GPU, ``model`` moved to its GPU before accelerate shards it.
+
+    accelerate upcasts the trainable weights to float32 where the model is before sharding: in
+    host memory that is a float32 copy per rank (29 GB for a 7B model fully fine-tuned, 8 of them
+    per node). On the GPU the copy is transient and the host keeps only the page cache of the
+    checkpoint files. Left where it is when it and its upcast would not fit in 80% of the GPU's
+    free memory."""
+    if requested_backend() != "fsdp" or getattr(device, "type", "cpu") != "cuda":
+        return model
+    need = sum(
+        p.numel() * (p.element_size() + (4 if p.requires_grad and p.dtype != torch.float32 else 0))
+        for p in model.parameters()
+    )
+    if need < 0.8 * torch.cuda.mem_get_info(device)[0]:
+        model.to(device)
+    return model
+
+
 def one_device_per_process(args) -> None:
     """A process without a distributed launcher trains on one GPU, never through ``nn.DataParallel``.
 
@@ -299,7 +318,9 @@ def _fsdp_reference(trainer, reference):
         # (embeddings, final norm, head) included, gives its gathered parameters back after its
         # forward; the defaults keep the tail and root whole for a backward that never comes
         # (about 0.5 GB per GPU at 7B).
-        reference = fsdp2_prepare_model(trainer.accelerator, reference)
+        reference = fsdp2_prepare_model(
+            trainer.accelerator, place_before_sharding(reference, trainer.args.device)
+        )
         for module in reference.modules():
             if isinstance(module, FSDPModule):
                 module.set_reshard_after_forward(True, recurse=False)

@@ -317,10 +317,11 @@ def train(cfg: DictConfig) -> dict:
 
 def make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_features):
     """Our ``PreferenceTrainer``, or TRL's ``KTOTrainer`` for kto (on unpaired rows)."""
-    from aot.distributed import one_device_per_process, set_fsdp2_precision
+    from aot.distributed import one_device_per_process, place_before_sharding, set_fsdp2_precision
     from aot.trainer import PreferenceCollator, PreferenceTrainer
 
     one_device_per_process(args)
+    policy = place_before_sharding(policy, args.device)
     if cfg.loss.name != "kto":
         trainer = PreferenceTrainer(
             model=policy,

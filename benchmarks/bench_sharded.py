@@ -4,11 +4,11 @@
 
 SmolLM2-135M-Instruct under FSDP2 on 2 CPU processes (configs/accelerate/fsdp_cpu.yaml) with bf16
 mixed precision and bf16 weights as the 7B recipes (trainable parameters upcast to float32 master
-weights), one pair of 32 tokens per rank and step (bf16 products are slow on this CPU; no byte
+weights), two pairs of up to 32 tokens per rank and step (bf16 products are slow on this CPU; no byte
 count depends on it), LoRA and full fine-tuning, with
-``fsdp_cpu_ram_efficient_loading`` true (every rank reads the weights, memory-mapped; accelerate
-moves the model to the meta device before sharding and broadcasts rank 0's tensors into the
-shards) and false (every rank shards its own copy, holding both while it does). Two steps with a checkpoint after each. Recorded per rank: peak resident memory once
+``fsdp_cpu_ram_efficient_loading`` true (accelerate moves the model to the meta device before
+sharding and broadcasts rank 0's tensors into the shards) and false (the configs' setting: every
+rank shards its own copy). Two steps with a checkpoint after each. Recorded per rank: peak resident memory once
 the model is sharded (weights, upcast and libraries), the seconds each checkpoint took, and the
 bytes of the last checkpoint (the rank's shard file; rank 0 also the small replicated files and,
 with LoRA, the gathered adapter). Then the same bytes for a 7B Mistral-shaped model on 8 ranks,
@@ -58,7 +58,7 @@ MISTRAL_7B = {"params": 7_241_732_096, "lora": lora_params(32, 4096, 14336, 1024
 def run_case(lora: bool, efficient: bool, root: Path) -> dict:
     config = (REPO / "configs/accelerate/fsdp_cpu.yaml").read_text()
     config = config.replace(
-        "fsdp_cpu_ram_efficient_loading: true", f"fsdp_cpu_ram_efficient_loading: {str(efficient).lower()}"
+        "fsdp_cpu_ram_efficient_loading: false", f"fsdp_cpu_ram_efficient_loading: {str(efficient).lower()}"
     )
     (root / "fsdp.yaml").write_text(config)
     out = root / "run"
