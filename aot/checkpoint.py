@@ -32,6 +32,8 @@ import uuid
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
+from transformers.trainer import SCHEDULER_NAME
 
 from aot.distributed import all_gather_objects, barrier, decide_on_main, is_distributed, rank_and_world
 
@@ -195,10 +197,8 @@ def load_shard_optimizer(optimizer, checkpoint_dir: Path) -> None:
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def placed(value, param):
-        if not (torch.is_tensor(value) and value.dim() > 0 and hasattr(param, "device_mesh")):
+        if not (torch.is_tensor(value) and value.dim() > 0 and isinstance(param, DTensor)):
             return value
-        from torch.distributed.tensor import DTensor
-
         return DTensor.from_local(
             value.to(param.device),
             param.device_mesh,
@@ -287,8 +287,6 @@ class ShardedCheckpoints:
                 tags = sorted(p.name for p in Path(output_dir).glob("global_step*") if p.is_dir())
                 (Path(output_dir) / "latest").write_text(tags[-1])
             return
-        from transformers.trainer import SCHEDULER_NAME
-
         save_shard(self.model_wrapped, self.optimizer, Path(output_dir))
         if self.args.should_save:
             torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
@@ -307,7 +305,5 @@ class ShardedCheckpoints:
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         if checkpoint is None or not self._is_fsdp2():
             return super()._load_optimizer_and_scheduler(checkpoint)
-        from transformers.trainer import SCHEDULER_NAME
-
         load_shard_optimizer(self.optimizer, Path(checkpoint))
         self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))

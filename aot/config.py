@@ -1,20 +1,29 @@
-"""Config -> objects, with nothing loaded: composing recipes, validating them, and the
-``TrainingArguments`` and loss options a run is built from.
+"""Config -> objects, with nothing loaded: composing recipes, checking them, and the
+``TrainingArguments``, loss options and identity a run is built from.
 
 Everything here is cheap (``scripts/train.py --cfg job`` territory), so a bad setting fails
-before any model or data is touched.
+before any model or data is touched. The recipes are package data (``aot.recipes``, the
+checkout's ``recipes/``).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
+from importlib.resources import files
 from pathlib import Path
 
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from transformers import TrainingArguments
 
-from aot.losses import LOSSES, PAIRED_ONLY, PENALTIES, SORTS
+from aot.data import declared_kind
+from aot.files import short_hash
+from aot.losses import aot_loss, check_options
+from aot.methods import METHODS, check_rows
 from aot.sorting import SINKHORN_MAX_N
 
 
@@ -22,14 +31,15 @@ class ConfigError(ValueError):
     """A config that cannot run, caught before anything is loaded."""
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(str(files("aot.recipes")))
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+# --- composing ------------------------------------------------------------------------------------
 
 
 def compose(*overrides: str) -> DictConfig:
-    """The run config exactly as scripts/train.py composes it (for tests and benchmarks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
+    """The run config exactly as scripts/train.py composes it (for tests, benchmarks, evaluation)."""
     with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=list(overrides))
     return with_default_output_dir(cfg, overrides)
@@ -39,7 +49,7 @@ def compose(*overrides: str) -> DictConfig:
 _NAMING = ("model", "loss", "data", "output_dir", "train.resume")
 
 
-def _key(override: str) -> str:
+def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -47,91 +57,145 @@ def with_default_output_dir(cfg: DictConfig, overrides) -> DictConfig:
     """Unless ``output_dir`` was given, ``outputs/<model>-<loss>-<data>`` gets a short hash of
     the other overrides (``-3fa2c1``), so that ablations never share (and resume) a directory."""
     overrides = [str(o) for o in overrides]
-    if any(_key(o) == "output_dir" for o in overrides):
+    if any(_override_key(o) == "output_dir" for o in overrides):
         return cfg
-    rest = sorted(o for o in overrides if _key(o) not in _NAMING and not _key(o).startswith("hydra."))
+    rest = sorted(
+        o for o in overrides if _override_key(o) not in _NAMING and not _override_key(o).startswith("hydra.")
+    )
     if rest:
-        import hashlib
-
         OmegaConf.set_struct(cfg, False)
-        cfg.output_dir = f"{cfg.output_dir}-{hashlib.sha1(' '.join(rest).encode()).hexdigest()[:6]}"
+        cfg.output_dir = f"{cfg.output_dir}-{short_hash(' '.join(rest), 6)}"
         OmegaConf.set_struct(cfg, True)
     return cfg
 
 
-DTYPES = ("float32", "bfloat16", "float16")
+# --- identity -----------------------------------------------------------------------------------------
+
+#: Keys that do not change what a run trains: where it is written, how it was started, and how
+#: log-probs are chunked (equal to float tolerance either way: tests/unit/test_logps.py). The
+#: results table (evaluation.results) also merges runs that differ only in ``seed``.
+IDENTITY_IGNORED = ("output_dir", "train.resume", "train.logps_chunk")
+
+
+def flatten(node: dict, prefix: str = "") -> dict:
+    """A nested config as flat dotted keys: {"loss": {"beta": 0.1}} -> {"loss.beta": 0.1}."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_identity(cfg) -> dict:
+    """The composed config as flat keys, minus ``IDENTITY_IGNORED``, and their hash."""
+    config = {
+        k: v
+        for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+        if k not in IDENTITY_IGNORED
+    }
+    return {"config_hash": short_hash(json.dumps(config, sort_keys=True, default=str)), "config": config}
+
+
+# --- checks ---------------------------------------------------------------------------------------------
 
 
 def check_config(cfg: DictConfig) -> None:
     """Every setting that cannot run, refused with the key and the valid values, before loading."""
-    method = cfg.loss.name
-    if method not in LOSSES:
-        raise ConfigError(f"unknown loss {method!r}; valid: {', '.join(LOSSES)}")
-    loss, t = cfg.loss, cfg.train
-    if loss.penalty not in PENALTIES:
-        raise ConfigError(f"loss.penalty={loss.penalty!r} is unknown; valid: {', '.join(PENALTIES)}")
-    if loss.sort not in SORTS:
-        raise ConfigError(f"loss.sort={loss.sort!r} is unknown; valid: {', '.join(SORTS)}")
-    if not loss.beta > 0:
-        raise ConfigError(f"loss.beta must be > 0, got {loss.beta}")
-    if loss.sort_strength is not None and not loss.sort_strength > 0:
-        raise ConfigError(
-            f"loss.sort_strength must be > 0 (or null for the default), got {loss.sort_strength}"
+    for check in (_check_loss, _check_model, _check_train, _check_ot_batch, _check_rows):
+        check(cfg)
+
+
+def _check_loss(cfg: DictConfig) -> None:
+    loss = cfg.loss
+    if loss.name not in METHODS:
+        raise ConfigError(f"unknown loss {loss.name!r}; valid: {', '.join(METHODS)}")
+    aot = loss.name.startswith("aot")
+    try:
+        check_options(
+            loss.beta,
+            loss.penalty,
+            loss.label_smoothing,
+            loss.sort,
+            loss.sort_strength,
+            "loss.",
+            smoothing_rule=aot,
         )
-    if not 0 <= loss.label_smoothing < 0.5:
-        raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {loss.label_smoothing}")
-    if loss.label_smoothing and method.startswith("aot") and loss.penalty != "logistic":
-        raise ConfigError(
-            f"loss.label_smoothing={loss.label_smoothing} applies to the logistic penalty only, "
-            f"not loss.penalty={loss.penalty}"
-        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_model(cfg: DictConfig) -> None:
     if cfg.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype={cfg.model.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
-    if t.max_prompt_length >= t.max_length:
+
+
+def _check_train(cfg: DictConfig) -> None:
+    train = cfg.train
+    if train.max_prompt_length >= train.max_length:
         raise ConfigError(
-            f"train.max_prompt_length={t.max_prompt_length} must be below train.max_length={t.max_length} "
+            f"train.max_prompt_length={train.max_prompt_length} must be below train.max_length={train.max_length} "
             "(prompts keep their last max_prompt_length tokens; completions get the rest)"
         )
-    if not (isinstance(t.logps_chunk, int) and t.logps_chunk >= 0):
+    if not (isinstance(train.logps_chunk, int) and train.logps_chunk >= 0):
         raise ConfigError(
-            f"train.logps_chunk must be a whole number of tokens >= 0 (0 = full-vocabulary logits), got {t.logps_chunk!r}"
+            "train.logps_chunk must be a whole number of tokens >= 0 (0 = full-vocabulary logits), "
+            f"got {train.logps_chunk!r}"
         )
-    if t.resume not in ("auto", "never") and not (Path(str(t.resume)) / "trainer_state.json").is_file():
+    if (
+        train.resume not in ("auto", "never")
+        and not (Path(str(train.resume)) / "trainer_state.json").is_file()
+    ):
         raise ConfigError(
-            f"train.resume={t.resume!r}: no checkpoint there (no trainer_state.json); "
+            f"train.resume={train.resume!r}: no checkpoint there (no trainer_state.json); "
             "valid: auto, never, or a checkpoint-<step> directory"
         )
-    if method.startswith("aot") and cfg.train.per_device_train_batch_size < 2:
+    if cfg.loss.name == "kto" and train.precompute_ref:
+        raise ConfigError(
+            "train.precompute_ref is for our trainer; kto runs on TRL's KTOTrainer (not supported)"
+        )
+
+
+def _check_ot_batch(cfg: DictConfig) -> None:
+    method, loss, micro = cfg.loss.name, cfg.loss, cfg.train.per_device_train_batch_size
+    if method.startswith("aot") and micro < 2:
         raise ConfigError(
             f"loss={method} with train.per_device_train_batch_size=1 sorts a single value per side, "
             "so AOT reduces to a per-pair loss; use a per-device batch of at least 2"
         )
-    rows = cfg.loss.ot_batch_size or cfg.train.per_device_train_batch_size
+    rows = loss.ot_batch_size or micro
     if method.startswith("aot") and loss.sort == "sinkhorn" and rows > SINKHORN_MAX_N:
         raise ConfigError(
             f"loss.sort=sinkhorn sorts {rows} values per device, above its limit of {SINKHORN_MAX_N} "
             "(O(n^2) per iteration, unrolled through autograd); use loss.sort=soft (PAV) or hard"
         )
-    if cfg.loss.ot_batch not in ("global", "local"):
-        raise ConfigError(f"loss.ot_batch must be global or local, got {cfg.loss.ot_batch!r}")
-    size, micro = cfg.loss.ot_batch_size, cfg.train.per_device_train_batch_size
+    if loss.ot_batch not in ("global", "local"):
+        raise ConfigError(f"loss.ot_batch must be global or local, got {loss.ot_batch!r}")
+    size = loss.ot_batch_size
     if size is not None and (method == "kto" or size < micro or size % micro):
         raise ConfigError(
             f"loss.ot_batch_size={size} must be a multiple of train.per_device_train_batch_size={micro}"
             + (" and is not available for kto" if method == "kto" else "")
         )
-    if method == "kto" and cfg.train.precompute_ref:
-        raise ConfigError(
-            "train.precompute_ref is for our trainer; kto runs on TRL's KTOTrainer (not supported)"
-        )
-    if method in PAIRED_ONLY and cfg.data.source == "sample" and cfg.data.view == "unpaired":
-        raise ConfigError(
-            f"loss={method} needs paired rows; data.view=unpaired has none (use aot_unpaired or kto)"
-        )
-    if method in PAIRED_ONLY and cfg.data.source in ("helpsteer", "beavertails"):
-        raise ConfigError(
-            f"loss={method} needs paired rows; data={cfg.data.name} is unpaired (use aot_unpaired or kto)"
-        )
+
+
+def _check_rows(cfg: DictConfig) -> None:
+    """Paired-only methods against the rows the data recipe declares (local files: at load)."""
+    kind = declared_kind(cfg.data)
+    if kind is not None:
+        try:
+            check_rows(
+                cfg.loss.name,
+                kind,
+                f"data={cfg.data.name}"
+                + (f" (data.view={cfg.data.view})" if cfg.data.source == "sample" else ""),
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+# --- objects -----------------------------------------------------------------------------------------
 
 
 def use_bf16(cfg: DictConfig) -> bool:
@@ -154,55 +218,53 @@ def use_bf16(cfg: DictConfig) -> bool:
 
 def build_training_args(cfg: DictConfig, output_dir: str | None = None):
     """``TrainingArguments`` (``KTOConfig`` for kto) from the ``train`` and ``loss`` sections."""
-    from transformers import TrainingArguments
-
     check_config(cfg)
-    t = cfg.train
+    train = cfg.train
     common = dict(
         output_dir=output_dir or cfg.output_dir,
         seed=cfg.seed,
-        max_steps=t.max_steps,
-        num_train_epochs=t.num_train_epochs,
+        max_steps=train.max_steps,
+        num_train_epochs=train.num_train_epochs,
         # Two-pass: the dataloader yields ot_batch_size rows, split into micro-batches by the collator.
-        per_device_train_batch_size=cfg.loss.ot_batch_size or t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        optim=t.optim,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        logging_steps=t.logging_steps,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        per_device_train_batch_size=cfg.loss.ot_batch_size or train.per_device_train_batch_size,
+        per_device_eval_batch_size=train.per_device_eval_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        optim=train.optim,
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        logging_steps=train.logging_steps,
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
         bf16=use_bf16(cfg),
-        activation_checkpointing=t.gradient_checkpointing,
-        report_to=[] if t.report_to in (None, "none") else t.report_to,
+        activation_checkpointing=train.gradient_checkpointing,
+        report_to=[] if train.report_to in (None, "none") else train.report_to,
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         disable_tqdm=False,
     )
     if cfg.loss.name == "kto":
-        from trl import KTOConfig
+        from trl import KTOConfig  # TRL only for the method it trains (its import takes seconds)
 
         return KTOConfig(
             **common,
             beta=cfg.loss.beta,
             desirable_weight=cfg.loss.desirable_weight,
             undesirable_weight=cfg.loss.undesirable_weight,
-            max_length=t.max_length,
-            disable_dropout=t.disable_dropout,
+            max_length=train.max_length,
+            disable_dropout=train.disable_dropout,
         )
     return TrainingArguments(**common)
 
 
 def loss_kwargs(cfg: DictConfig) -> dict:
     """The loss section's values that the method's loss function takes (kto: none of ours)."""
-    from aot.losses import aot_loss
-
-    fn = aot_loss if cfg.loss.name.startswith("aot") else LOSSES[cfg.loss.name]
-    if fn is None:
+    if METHODS[cfg.loss.name] is None:
         return {}
+    fn = (
+        aot_loss if cfg.loss.name.startswith("aot") else METHODS[cfg.loss.name]
+    )  # the AOT wrappers pass them on
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k in params}
     if "gather" in params:

@@ -19,12 +19,17 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
 
 PAIRED = ("prompt", "chosen", "rejected")
 UNPAIRED = ("prompt", "completion", "label")
 ROLES = ("system", "user", "assistant")
-SAMPLE_DIR = Path(__file__).parent / "resources" / "sample"
+#: the bundled sample set (package data; written by scripts/make_sample_data.py)
+SAMPLE_DIR = Path(str(files("aot").joinpath("resources", "sample")))
 
 
 class DataError(ValueError):
@@ -180,8 +185,6 @@ def read_file(path: str | Path) -> list[dict]:
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         return pq.read_table(path).to_pylist()
     text = path.read_text()
     if suffix == ".json":
@@ -204,9 +207,16 @@ def read_file(path: str | Path) -> list[dict]:
 
 
 def _hub(data_cfg, split: str):
-    import datasets
-
     return datasets.load_dataset(data_cfg.hub_id, split=split)
+
+
+def declared_kind(data_cfg) -> str | None:
+    """The rows a data recipe gives, "paired" or "unpaired", known before loading; ``None`` for
+    local files, whose columns say (``detect_kind``)."""
+    source = data_cfg.source
+    if source == "sample":
+        return "unpaired" if data_cfg.view == "unpaired" else "paired"
+    return {"hub_paired": "paired", "helpsteer": "unpaired", "beavertails": "unpaired"}.get(source)
 
 
 def load_split(data_cfg, which: str) -> Split:

@@ -9,11 +9,17 @@ the paper's Figure 1.
 
 from __future__ import annotations
 
+import matplotlib
 import torch
 
-from aot.losses import aot_loss, fsd_violation, reward_accuracy
+from aot.losses import aot_loss
+from aot.metrics import fsd_violation, reward_accuracy
+from aot.quantiles import quantile_table
+from aot.scoring import score_rows
 
-QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
 def split_rows(rows: torch.Tensor, features: list[dict]) -> dict[str, torch.Tensor]:
@@ -29,18 +35,11 @@ def split_rows(rows: torch.Tensor, features: list[dict]) -> dict[str, torch.Tens
 def measure(trainer, features: list[dict], collator, batch_size: int, reference: bool = True) -> dict:
     """Policy (and, if ``reference``, reference) log-probs of a split through the trainer's
     prepared model, rows sharded across ranks: {"policy": ..., "reference": ...} as ``split_rows``."""
-    from aot.distributed import prepared_row_logps
-
-    out = {"policy": split_rows(prepared_row_logps(trainer, features, collator, batch_size), features)}
+    out = {"policy": split_rows(score_rows(trainer, features, collator, batch_size), features)}
     if reference:
-        rows = prepared_row_logps(trainer, features, collator, batch_size, reference=True)
+        rows = score_rows(trainer, features, collator, batch_size, reference=True)
         out["reference"] = split_rows(rows, features)
     return out
-
-
-def _quantiles(x: torch.Tensor) -> dict[str, float]:
-    q = torch.quantile(x, torch.tensor(QUANTILES, dtype=x.dtype))
-    return {f"q{int(round(p * 100)):02d}": float(v) for p, v in zip(QUANTILES, q)}
 
 
 def summarise(policy: dict, reference: dict, paired: bool, beta: float, penalty: str) -> dict:
@@ -49,8 +48,8 @@ def summarise(policy: dict, reference: dict, paired: bool, beta: float, penalty:
     metrics = {
         "reward_accuracy": reward_accuracy(rc, rr, paired),
         "reward_margin": float(rc.mean() - rr.mean()),
-        "chosen_reward_quantiles": _quantiles(rc),
-        "rejected_reward_quantiles": _quantiles(rr),
+        "chosen_reward_quantiles": quantile_table(rc),
+        "rejected_reward_quantiles": quantile_table(rr),
         "fsd_violation": fsd_violation(rc, rr),
         "aot_violation": float(aot_loss(rc, rr, beta=beta, penalty=penalty)),
     }
@@ -59,8 +58,8 @@ def summarise(policy: dict, reference: dict, paired: bool, beta: float, penalty:
         rm = reference["chosen"] - reference["rejected"]
         metrics.update(
             {
-                "policy_margin_quantiles": _quantiles(pm),
-                "reference_margin_quantiles": _quantiles(rm),
+                "policy_margin_quantiles": quantile_table(pm),
+                "reference_margin_quantiles": quantile_table(rm),
                 "margin_fsd_violation": fsd_violation(pm, rm),
             }
         )
@@ -75,11 +74,6 @@ def _curve(ax, x: torch.Tensor, **kw) -> None:
 def plot_quantiles(path, reference: dict, before: dict, after: dict, paired: bool, title: str) -> None:
     """Left: quantiles of chosen vs rejected rewards (after training); right: policy vs reference
     margin quantiles (paired splits only). Dashed: before training."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(11 if paired else 5.5, 4), squeeze=False)
     ax = axes[0, 0]
     for logps, style, when in ((before, "--", "before"), (after, "-", "after")):

@@ -27,7 +27,7 @@ Numerics: both compute in float64 whatever the input dtype and return the input 
 ``rho / eps - iso(rho / eps - w)`` subtracts nearly equal large numbers when ``eps`` is small or
 n is large; in float32 that loses the order of the output, in bf16 all of it.
 
-Check values (aot-math.md): ``soft_sort([5, 1, 2], 1.0) == [1.667, 2.667, 3.667]`` and
+Check values (docs/objective.md): ``soft_sort([5, 1, 2], 1.0) == [1.667, 2.667, 3.667]`` and
 ``soft_sort([5, 1, 2], 0.1) == [1, 2, 5]``.
 """
 
@@ -38,9 +38,9 @@ import math
 import torch
 
 SOFT_SORT_METHODS = ("pav", "sinkhorn")
-#: Largest n the Sinkhorn sort accepts. Its forward and backward unroll ``n_iter`` O(n^2)
-#: iterations through autograd: an AOT loss (two sorts) took, forward and backward on a 2-core
-#: CPU, 0.3 s at n = 128, 0.7 s at 256 and 11 s at 1,024. Above this, PAV (``sort="soft"``) serves.
+#: Largest n the Sinkhorn sort accepts: its forward and backward unroll ``n_iter`` O(n^2)
+#: iterations through autograd, and the time grows past what a training step can spend (timings
+#: in docs/benchmarks.md). Above it, PAV (``sort="soft"``) serves.
 SINKHORN_MAX_N = 128
 
 
@@ -153,8 +153,8 @@ def soft_sort(x: torch.Tensor, strength: float = 1.0, method: str = "pav", n_ite
     if method == "sinkhorn" and x.shape[-1] > SINKHORN_MAX_N:
         raise ValueError(
             f"the Sinkhorn soft sort is O(n^2) per iteration, unrolled through autograd: n = {x.shape[-1]} "
-            f"exceeds its limit of {SINKHORN_MAX_N} (an AOT loss takes about 0.3 s forward and backward there "
-            f"on a CPU, 11 s at 1,024). Use sort='soft' (PAV: exact gradient in O(n log n)) or sort='hard'"
+            f"exceeds its limit of {SINKHORN_MAX_N} (docs/benchmarks.md has its timings). "
+            f"Use sort='soft' (PAV: exact gradient in O(n log n)) or sort='hard'"
         )
     x64 = x.double()  # see "Numerics" above
     if method == "pav":
@@ -172,9 +172,9 @@ def relative_soft_sort(x: torch.Tensor, strength: float = 1.0, method: str = "pa
     its mean spacing ``(max - min) / (n - 1)`` before the soft sort and multiplied back after
     (the gradient flows through the spacing too: it is the exact gradient of this function). At
     strength s, adjacent order statistics whose gap exceeds 1 / s mean spacings are pooled,
-    whatever the units. At s = 1 on normal or heavy-tailed samples (n = 4 to 1,024) that leaves
-    40-80% as many blocks as samples: never the hard sort, never one block. The Sinkhorn sort
-    already works on z-scores, so it is passed through.
+    whatever the units (at s = 1, typically about half as many blocks as samples: never the hard
+    sort, never one block; tests/unit/test_sorting.py). The Sinkhorn sort already works on
+    z-scores, so it is passed through.
     """
     if x.dim() != 1:
         raise ValueError(f"relative_soft_sort sorts one sample: expected shape (n,), got {tuple(x.shape)}")

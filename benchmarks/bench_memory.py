@@ -64,7 +64,8 @@ def measure(case: str, length: int) -> dict:
     import torch
 
     from aot.config import build_training_args, compose
-    from aot.run import load_models, load_tokenizer, make_trainer, model_path
+    from aot.models import load_models, load_tokenizer, model_path
+    from aot.run import make_trainer
 
     out = tempfile.mkdtemp()
     cfg = compose(
@@ -155,7 +156,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(args.child[0], int(args.child[1]))))
         return
 
-    from aot.smollm2 import ensure_smollm2
+    from aot.fixtures import ensure_smollm2
 
     ensure_smollm2()  # outside the measured runs
     rows = []

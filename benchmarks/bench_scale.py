@@ -42,8 +42,9 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int, model
     import torch
     from transformers import TrainerCallback
 
+    from aot.config import build_training_args, compose
     from aot.data import load_split
-    from aot.run import build_training_args, compose, prepare
+    from aot.run import build_run
 
     steps = 1 + max(2, samples // n)
     overrides = [
@@ -61,7 +62,7 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int, model
     cfg = compose(*overrides)
     args = build_training_args(cfg)
     args.save_strategy, args.dataloader_drop_last = "no", True
-    trainer = prepare(cfg, args, load_split(cfg.data, "train")).trainer
+    trainer = build_run(cfg, args, load_split(cfg.data, "train")).trainer
 
     class Clock(TrainerCallback):
         times: list = []
@@ -142,7 +143,7 @@ REAL_TARGET = 1.5
 def real_model_rows(rounds: int) -> dict:
     """SmolLM2: a plain batch of REAL_OT rows against the two-pass step over the same rows in
     micro-batches of REAL_MICRO, alternating; medians over rounds."""
-    from aot.smollm2 import ensure_smollm2
+    from aot.fixtures import ensure_smollm2
 
     ensure_smollm2()
     cases = {"plain": ("plain", REAL_OT), "two_pass": ("two_pass", REAL_MICRO)}
@@ -191,7 +192,7 @@ def main() -> None:
         print(f"wrote {args.out}")
         return
 
-    from aot.tiny import build_tiny
+    from aot.fixtures import build_tiny
 
     build_tiny()
     configs = [("plain", n, n) for n in OT_BATCHES]

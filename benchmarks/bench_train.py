@@ -44,10 +44,11 @@ TARGETS = {"steps_per_second_vs_trl >= 1.2": 1.2, "peak_memory_vs_trl <= 0.6": 0
 def measure(side: str, model: str) -> dict:
     import torch
 
+    from aot.batches import tokenize_split
     from aot.config import build_training_args, compose
     from aot.data import load_split
-    from aot.run import load_models, load_tokenizer, make_trainer, model_path
-    from aot.trainer import tokenize_split
+    from aot.models import load_models, load_tokenizer, model_path
+    from aot.run import make_trainer
 
     batch, steps = MODELS[model]
     out = tempfile.mkdtemp()
@@ -98,8 +99,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(*args.child)))
         return
 
-    from aot.smollm2 import ensure_smollm2
-    from aot.tiny import build_tiny
+    from aot.fixtures import build_tiny, ensure_smollm2
 
     build_tiny(), ensure_smollm2()  # outside the measured runs
     models = {}

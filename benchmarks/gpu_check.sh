@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, as one command, most important first; each result lands in $OUT as
 # soon as it exists (a run cut off by its time limit keeps what it finished):
-#   1. headline.log: the bf16 value check (tests/test_headline_regime.py, FSDP2 with one process):
+#   1. headline.log: the bf16 value check (tests/integration/test_headline_regime.py, FSDP2 with one process):
 #      per-row log-probs of 200-token answers against a float32-accumulated oracle, step-1 loss
 #   2. memory7b.json: a Mistral-7B-shaped model with random weights built on the GPU, one LoRA step
 #      at 1,024 tokens with gradient checkpointing (chunked log-probs, full logits, TRL 1.16), peak
@@ -29,11 +29,11 @@ fi
 $PY -c "import torch, numpy; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.__file__, 'numpy', numpy.__version__)" || exit 1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-$PY -m aot.tiny || exit 1
+$PY -m aot.fixtures.tiny || exit 1
 
 echo "== 1. headline bf16 values (FSDP2, one process)"
 AOT_TEST_PROCESSES=1 timeout "${HEADLINE_TIMEOUT:-240}" $PY -m pytest -q -p no:cacheprovider \
-  tests/test_headline_regime.py -k fsdp2 > "$OUT/headline.log" 2>&1
+  tests/integration/test_headline_regime.py -k fsdp2 > "$OUT/headline.log" 2>&1
 echo "exit $?" >> "$OUT/headline.log"; tail -n 3 "$OUT/headline.log"
 
 echo "== 2. Mistral-7B-shaped LoRA step at 1,024 tokens"

@@ -66,7 +66,7 @@ class RandomModels:
     def __init__(self, shape: str, device: str):
         from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
-        from aot.tiny import build_tiny
+        from aot.fixtures import build_tiny
 
         config = MistralConfig(**SHAPES[shape], tie_word_embeddings=False, pad_token_id=0)
         dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -1,4 +1,4 @@
-"""AlpacaEval for a run: generation with its chat template, then a judge (aot/eval_alpaca.py).
+"""AlpacaEval for a run: generation with its chat template, then a judge (evaluation/alpaca.py).
 
 python scripts/eval_alpaca.py --run outputs/tiny-aot_unpaired-sample --judge llama3-70b
 python scripts/eval_alpaca.py --model merlinite --judge gpt4      # the base model's row
@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from aot.eval_alpaca import JudgeUnreachable, evaluate
+from evaluation.alpaca import JudgeUnreachable, evaluate
 
 
 def main() -> None:

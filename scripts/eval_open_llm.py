@@ -1,4 +1,4 @@
-"""Open LLM tasks with lm-eval for a run or a base model (logic in aot/eval_open_llm.py).
+"""Open LLM tasks with lm-eval for a run or a base model (logic in evaluation/open_llm.py).
 
 python scripts/eval_open_llm.py --run outputs/tiny-aot_unpaired-sample
 python scripts/eval_open_llm.py --model merlinite --leaderboard
@@ -7,7 +7,7 @@ python scripts/eval_open_llm.py --model merlinite --leaderboard
 import argparse
 import logging
 
-from aot.eval_open_llm import evaluate
+from evaluation.open_llm import evaluate
 
 
 def main() -> None:

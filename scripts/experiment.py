@@ -1,4 +1,4 @@
-"""The controlled-sentiment experiment on SmolLM2 with VADER as the true reward (aot/experiment.py).
+"""The controlled-sentiment experiment on SmolLM2 with VADER as the true reward (evaluation/experiment/).
 
 python scripts/experiment.py            # the full run (about an hour on 2 CPU cores)
 python scripts/experiment.py --quick    # every stage at toy size (a few minutes): the test suite's
@@ -6,13 +6,9 @@ python scripts/experiment.py --quick    # every stage at toy size (a few minutes
 
 import argparse
 import logging
-import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from aot.experiment import Settings, run_experiment, table  # noqa: E402
+from evaluation.experiment import Settings, run_experiment, table
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(

@@ -1,9 +1,9 @@
-"""Collect every run's eval outputs into results/table.md and results/table.csv (aot/results.py)."""
+"""Collect every run's eval outputs into results/table.md and results/table.csv (evaluation/results.py)."""
 
 import argparse
 from pathlib import Path
 
-from aot.results import VARIANTS, collect, write_table
+from evaluation.results import VARIANTS, collect, write_table
 
 
 def main() -> None:

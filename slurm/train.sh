@@ -87,13 +87,15 @@ SRUN="srun --nodes=$NNODES --ntasks-per-node=1${SLURM_CPUS_PER_TASK:+ --cpus-per
 # Global rank 0, on this node (node 0 of the allocation), polls this file after each step and
 # tells every rank to stop: no other node needs to see it.
 export AOT_STOP_FILE=${AOT_STOP_FILE:-$REPO/outputs/.stop/job-${SLURM_JOB_ID:-local}} AOT_STOP_LEAD_S=$STOP_LEAD
+# Built fixtures and cached reference log-probs in the checkout, as make does.
+export AOT_CACHE_DIR=${AOT_CACHE_DIR:-$REPO/.cache}
 
 if [ -n "${DRY_RUN:-}" ]; then
   echo "# $NNODES node(s) x $GPUS_PER_NODE GPUs = $NPROC processes; main node $MAIN_ADDR:$PORT"
   [ -n "$MODULES" ] && echo "module load $MODULES"
   echo "source $VENV/bin/activate"
   echo "cd $REPO"
-  echo "export AOT_STOP_FILE=$AOT_STOP_FILE AOT_STOP_LEAD_S=$AOT_STOP_LEAD_S"
+  echo "export AOT_STOP_FILE=$AOT_STOP_FILE AOT_STOP_LEAD_S=$AOT_STOP_LEAD_S AOT_CACHE_DIR=$AOT_CACHE_DIR"
   echo "$SRUN '$LAUNCH'"
   exit 0
 fi

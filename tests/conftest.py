@@ -6,7 +6,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-sys.path.insert(0, os.path.dirname(__file__))
+# Fixtures are built once into the checkout's .cache/ (as `make` does), whoever runs pytest.
+os.environ.setdefault(
+    "AOT_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache")
+)
+sys.path.insert(0, os.path.dirname(__file__))  # conftest and helpers/ for every test folder
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -18,7 +22,7 @@ from aot.config import RECIPES, compose  # noqa: E402,F401  (tests import them f
 
 @pytest.fixture(scope="session")
 def tiny_path():
-    from aot.tiny import build_tiny
+    from aot.fixtures import build_tiny
 
     return build_tiny()
 

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
 from pathlib import Path
 
 import yaml
 
-from aot.eval_open_llm import ALL_TASKS, OPEN_LLM
+from aot.config import IDENTITY_IGNORED, flatten
+from evaluation.open_llm import ALL_TASKS, OPEN_LLM
+from evaluation.report import format_mean_std, mean_std
 
-NOT_IDENTITY = ("seed", "output_dir", "train.resume", "train.logps_chunk")
+#: What does not tell runs apart in the table: the keys that do not change a run, and the seed
+#: (runs differing in nothing else are merged into mean ± std over seeds).
+NOT_IDENTITY = ("seed", *IDENTITY_IGNORED)
 TASK_COLUMNS = [t.column for t in OPEN_LLM]
 #: Which task and metric each Open LLM column shows; every variant is in each run's results.json.
 #: "leaderboard" is the Open LLM Leaderboard's (ARC-Challenge and HellaSwag acc_norm, GSM8K strict
@@ -43,20 +46,10 @@ VARIANTS = {
 }
 
 
-def _flatten(node: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _run_scores(run_dir: Path, variant: str = "leaderboard") -> tuple[dict, dict[str, float], str | None]:
     """(identity, {column: value in percent}, Open LLM setting) of one run directory."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    config = {k: v for k, v in _flatten(cfg).items() if k not in NOT_IDENTITY}
+    config = {k: v for k, v in flatten(cfg).items() if k not in NOT_IDENTITY}
     identity = {
         "model": cfg["model"]["id"],
         "method": cfg.get("loss", {}).get("name", "?"),
@@ -110,7 +103,7 @@ def collect(outputs: Path, variant: str = "leaderboard") -> list[dict]:
         columns = {}
         for name in sorted({c for s in group["scores"] for c in s}):
             values = [s[name] for s in group["scores"] if name in s]
-            columns[name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None)
+            columns[name] = mean_std(values)
         rows.append({**group, "n": len(group["scores"]), "columns": columns})
     # Name what sets apart rows of the same model, method and data.
     for row in rows:
@@ -135,10 +128,7 @@ def collect(outputs: Path, variant: str = "leaderboard") -> list[dict]:
 
 
 def _fmt(cell) -> str:
-    if cell is None:
-        return "-"
-    mean, std = cell
-    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+    return "-" if cell is None else format_mean_std(*cell)
 
 
 def write_table(rows: list[dict], out: Path, variant: str = "leaderboard") -> tuple[Path, Path]:

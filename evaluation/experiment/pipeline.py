@@ -1,24 +1,7 @@
-"""The paper's distributional claim on a real model, measured against a ground-truth reward.
+"""The experiment's stages: data from the reference, training runs, held-out evaluation, summary.
 
-Controlled sentiment generation with SmolLM2-135M-Instruct as the reference policy and VADER's
-compound score (in [-1, 1], a lexicon nobody here wrote) as the true reward:
-
-1. prompts: short requests for an opinion, review or description, from templates x topics with a
-   fixed seed; the held-out prompts use templates *and* topics never seen in training;
-2. data: two sampled completions per prompt from the reference (temperature 1), scored by VADER;
-   paired view: chosen = the higher score; unpaired view: one completion per prompt, chosen when
-   above the median score (the paper's HelpSteer rule), so chosen and rejected rows come from
-   different prompts in unequal numbers;
-3. training: AOT unpaired, AOT paired, DPO, IPO and KTO with one budget for all (LoRA);
-4. evaluation on held-out prompts, for each policy and the reference: sampled completions scored
-   by VADER (mean, quantiles), the FSD violation of the policy's true-reward distribution over
-   the reference's, the win rate against the reference on the same prompts, a KL estimate (the
-   mean log-ratio of the policy's own samples), and the run's implicit-reward diagnostics.
-
-Every stage is cached under the output directory (generations, scores, finished runs,
-evaluations), so an interrupted experiment rerun picks up where it stopped.
-
-    python scripts/experiment.py [--quick] [--out results/experiment]
+Every stage is cached under the output directory (generations, finished runs, evaluations), so
+an interrupted experiment rerun picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -28,137 +11,34 @@ import logging
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from aot.batches import PreferenceCollator, tokenize_split
+from aot.config import compose
+from aot.data import Split, binarise_by_median
+from aot.files import atomic_write
+from aot.fixtures import ensure_smollm2
+from aot.metrics import fsd_violation
+from aot.models import load_for_generation
+from aot.quantiles import quantile_table
+from aot.run import train
+from aot.scoring import row_logps
+from evaluation.experiment.report import plot_reward_vs_kl, plot_true_quantiles, table
+from evaluation.experiment.settings import UNPAIRED_METHODS, Settings, make_prompts, seeds_of
+from evaluation.report import mean_std
 
 log = logging.getLogger("aot")
 
-TRAIN_TEMPLATES = [
-    "Write a short review of {t}.",
-    "Describe {t} in two sentences.",
-    "What do you think of {t}?",
-    "Give your honest opinion of {t}.",
-    "Tell me about your last experience with {t}.",
-    "Write a one-paragraph description of {t}.",
-]
-HELDOUT_TEMPLATES = [
-    "Share a brief impression of {t}.",
-    "How would you describe {t} to a friend?",
-]
-TRAIN_TOPICS = [
-    "a small coffee shop",
-    "a rainy Monday",
-    "a new smartphone",
-    "a city bus ride",
-    "a public library",
-    "a family dinner",
-    "a hotel room",
-    "a morning jog",
-    "a pizza place",
-    "a history museum",
-    "a long flight",
-    "a summer festival",
-    "an old bookstore",
-    "a budget laptop",
-    "a mountain hike",
-    "a crowded supermarket",
-    "a cooking class",
-    "a jazz concert",
-    "a beach holiday",
-    "a dentist visit",
-    "a science fiction film",
-    "a rock band",
-    "a city park",
-    "a train station",
-    "a used car",
-    "a yoga class",
-    "a farmers market",
-    "a winter morning",
-    "a video game",
-    "a school cafeteria",
-    "a football match",
-    "a garden center",
-]
-HELDOUT_TOPICS = [
-    "a street market",
-    "a ferry trip",
-    "a bakery",
-    "an art gallery",
-    "a camping weekend",
-    "a bike repair shop",
-    "a night train",
-    "a board game evening",
-]
-METHODS = ("aot_unpaired", "dpo", "aot_paired", "ipo", "kto")
-UNPAIRED_METHODS = ("aot_unpaired", "kto")
-
-
-@dataclass
-class Settings:
-    """Sizes of one experiment; ``full`` for the README run, ``quick`` for the test suite."""
-
-    train_prompts: int = 192
-    heldout_prompts: int = 16
-    samples_per_heldout_prompt: int = 4
-    max_new_tokens: int = 40
-    seeds: tuple = (1, 2)
-    # On 2 CPU cores the hour allows 7 runs: two seeds for the comparison the paper makes
-    # (AOT unpaired against DPO), one for the others.
-    one_seed: tuple = ("aot_paired", "ipo", "kto")
-    steps: int = 30
-    batch: int = 8
-    learning_rate: float = 2e-4
-    max_length: int = 96
-    gen_batch: int = 32
-    methods: tuple = METHODS
-    # beta 0.1 for every method (the TRL default for DPO, IPO and KTO): the implicit rewards then
-    # have one scale in every loss, so one learning rate serves all. The AOT recipes' 0.01 (the
-    # paper's, for 7B models) would scale AOT's gradients down tenfold under the same budget.
-    overrides: list = field(default_factory=lambda: ["loss.beta=0.1"])
-
-    @classmethod
-    def quick(cls) -> Settings:
-        return cls(
-            train_prompts=12, heldout_prompts=4, samples_per_heldout_prompt=2, max_new_tokens=10, seeds=(1,),
-            steps=2, batch=4, max_length=64, gen_batch=16, one_seed=METHODS,
-        )  # fmt: skip
-
-
-# --- prompts and data ----------------------------------------------------------------------------
-
-
-def make_prompts(n_train: int, n_heldout: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Train and held-out prompts, disjoint in both template and topic."""
-    rng = random.Random(seed)
-    train = [t.format(t=topic) for t in TRAIN_TEMPLATES for topic in TRAIN_TOPICS]
-    heldout = [t.format(t=topic) for t in HELDOUT_TEMPLATES for topic in HELDOUT_TOPICS]
-    rng.shuffle(train)
-    rng.shuffle(heldout)
-    if n_train > len(train) or n_heldout > len(heldout):
-        raise ValueError(f"at most {len(train)} train and {len(heldout)} held-out prompts")
-    return train[:n_train], heldout[:n_heldout]
-
 
 def vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
+    """VADER's compound score of a text, in [-1, 1]: the experiment's true reward."""
     analyzer = SentimentIntensityAnalyzer()
     return lambda text: analyzer.polarity_scores(text)["compound"]
-
-
-def load_policy(base: str, adapter: str | None = None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.padding_side = "left"
-    return model.eval(), tokenizer
 
 
 @torch.no_grad()
@@ -166,8 +46,6 @@ def sample(
     model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int, seed: int, desc: str
 ) -> list[str]:
     """One completion per prompt, temperature 1 (full softmax: no top-k/top-p), chat template."""
-    from tqdm import tqdm
-
     torch.manual_seed(seed)
     out = []
     for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch"):
@@ -191,25 +69,21 @@ def sample(
 
 
 def _cached_json(path: Path, build):
+    """The JSON at ``path``, built and written (atomically) on the first call."""
     if path.is_file():
         return json.loads(path.read_text())
     value = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    tmp.rename(path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=1) + "\n"))
     return value
 
 
 def build_data(out: Path, base: str, s: Settings) -> dict[str, Path]:
     """Generations from the reference, VADER scores, and the paired / unpaired training files."""
     train_prompts, heldout = make_prompts(s.train_prompts, s.heldout_prompts)
-    from aot.data import binarise_by_median
-
     score = vader()
 
     def generate():
-        model, tok = load_policy(base)
+        model, tok = load_for_generation(base)
         rows = []
         for k in (0, 1):  # two completions per prompt, each from its own seeded pass
             texts = sample(
@@ -226,8 +100,6 @@ def build_data(out: Path, base: str, s: Settings) -> dict[str, Path]:
         ]
 
     generations = _cached_json(out / "data" / "generations.json", generate)
-    from tqdm import tqdm
-
     for g in tqdm(generations, desc="VADER scores", unit="prompt"):
         g["scores"] = [score(c) for c in g["completions"]]
     rng = random.Random(0)
@@ -272,9 +144,6 @@ def build_data(out: Path, base: str, s: Settings) -> dict[str, Path]:
 
 def train_run(out: Path, method: str, seed: int, data: dict[str, Path], s: Settings) -> Path:
     """One LoRA run with the shared budget; reused when its metrics.json exists."""
-    from aot.config import compose
-    from aot.run import train
-
     run_dir = out / "runs" / f"{method}-s{seed}"
     if (run_dir / "metrics.json").is_file():
         log.info("experiment: reusing %s", run_dir)
@@ -313,9 +182,6 @@ def completion_logps(
     model, tokenizer, prompts: list[str], completions: list[str], batch: int = 16
 ) -> torch.Tensor:
     """Summed log-probs of each completion after its chat-formatted prompt (the training format)."""
-    from aot.data import Split
-    from aot.trainer import PreferenceCollator, row_logps, tokenize_split
-
     rows = [
         {
             "prompt": [{"role": "user", "content": p}],
@@ -329,14 +195,13 @@ def completion_logps(
 
 
 def true_reward_metrics(policy: list[float], reference: list[float]) -> dict:
-    from aot.losses import fsd_violation
-
+    """VADER mean and quantiles of a policy's samples, its FSD violation over the reference's and
+    its win rate against the reference's sample for the same prompt and sample index."""
     p, r = torch.tensor(policy, dtype=torch.float64), torch.tensor(reference, dtype=torch.float64)
-    qs = (0.1, 0.25, 0.5, 0.75, 0.9)
     wins = (p > r).double() + 0.5 * (p == r).double()  # same prompt, same sample index
     return {
         "mean": float(p.mean()),
-        "quantiles": {f"q{int(q * 100):02d}": float(torch.quantile(p, q)) for q in qs},
+        "quantiles": quantile_table(p, levels=(0.1, 0.25, 0.5, 0.75, 0.9)),
         "fsd_violation_vs_reference": fsd_violation(p, r),
         "win_rate_vs_reference": float(wins.mean()),
     }
@@ -348,7 +213,7 @@ def evaluate_policy(
     """Held-out samples of one policy, their VADER scores and the KL estimate (cached)."""
 
     def build():
-        model, tok = load_policy(base, adapter)
+        model, tok = load_for_generation(base, adapter)
         texts = sample(model, tok, prompts, s.max_new_tokens, s.gen_batch, 7, f"eval {name}")
         kl = 0.0
         if (
@@ -365,8 +230,7 @@ def evaluate_policy(
 
 
 def run_experiment(out: Path, s: Settings) -> dict:
-    from aot.smollm2 import ensure_smollm2
-
+    """Every stage, then summary.json, table.md and the two plots under ``out``."""
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
@@ -375,7 +239,7 @@ def run_experiment(out: Path, s: Settings) -> dict:
     runs = {(m, seed): train_run(out, m, seed, data, s) for m in s.methods for seed in seeds_of(m, s)}
     _, heldout = make_prompts(s.train_prompts, s.heldout_prompts)
     prompts = [p for p in heldout for _ in range(s.samples_per_heldout_prompt)]
-    ref = load_policy(base)
+    ref = load_for_generation(base)
     reference = evaluate_policy(out, "reference", base, None, prompts, s, ref)
     rows = {
         "reference": {"seeds": [], **true_reward_metrics(reference["scores"], reference["scores"]), "kl": 0.0}
@@ -394,7 +258,7 @@ def run_experiment(out: Path, s: Settings) -> dict:
     for method in s.methods:
         seeds = [per_run[f"{method}-s{seed}"] for seed in seeds_of(method, s)]
         summary["methods"][method] = {
-            key: _mean_std([r[key] for r in seeds])
+            key: dict(zip(("mean", "std"), mean_std([r[key] for r in seeds])), n=len(seeds))
             for key in ("mean", "fsd_violation_vs_reference", "win_rate_vs_reference", "kl",
                         "implicit_reward_accuracy", "implicit_fsd_violation")
         }  # fmt: skip
@@ -406,85 +270,3 @@ def run_experiment(out: Path, s: Settings) -> dict:
     plot_true_quantiles(out / "true_reward_quantiles.png", reference["scores"], out, runs)
     plot_reward_vs_kl(out / "reward_vs_kl.png", summary)
     return summary
-
-
-def seeds_of(method: str, s: Settings) -> tuple:
-    return s.seeds[:1] if method in s.one_seed else s.seeds
-
-
-def _mean_std(values: list[float]) -> dict:
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
-
-
-def table(summary: dict) -> str:
-    ref = summary["reference"]
-    head = (
-        "| policy | seeds | VADER mean | FSD violation vs ref | win rate vs ref | KL est. | implicit reward acc. | implicit FSD viol. |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|\n"
-        f"| reference (SmolLM2) | - | {ref['mean']:.3f} | - | - | 0 | - | - |\n"
-    )
-
-    def cell(d):
-        return f"{d['mean']:.3f}" if d["std"] is None else f"{d['mean']:.3f} ± {d['std']:.3f}"
-
-    rows = "".join(
-        f"| {m} | {d['mean']['n']} | {cell(d['mean'])} | {cell(d['fsd_violation_vs_reference'])} | {cell(d['win_rate_vs_reference'])} | "
-        f"{cell(d['kl'])} | {cell(d['implicit_reward_accuracy'])} | {cell(d['implicit_fsd_violation'])} |\n"
-        for m, d in summary["methods"].items()
-    )
-    return head + rows.rstrip("\n")
-
-
-def plot_true_quantiles(path: Path, reference: list[float], out: Path, runs: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    levels = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot(
-        levels, torch.quantile(torch.tensor(reference, dtype=torch.float64), levels), "k--", label="reference"
-    )
-    methods = sorted({m for m, _ in runs})
-    for method in methods:
-        scores = [
-            x
-            for (m, seed) in runs
-            if m == method
-            for x in json.loads((out / "eval" / f"{m}-s{seed}.json").read_text())["scores"]
-        ]
-        ax.plot(levels, torch.quantile(torch.tensor(scores, dtype=torch.float64), levels), label=method)
-    ax.set_xlabel("quantile level")
-    ax.set_ylabel("VADER compound (true reward)")
-    ax.set_title("True-reward quantiles on held-out prompts (seeds pooled)")
-    _save(fig, ax, path)
-
-
-def _save(fig, ax, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_reward_vs_kl(path: Path, summary: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.0))
-    ax.scatter([0.0], [summary["reference"]["mean"]], c="k", marker="x", label="reference")
-    seen = set()
-    for name, r in summary["runs"].items():
-        method = name.rsplit("-s", 1)[0]
-        color = f"C{list(summary['methods']).index(method)}"
-        ax.scatter([r["kl"]], [r["mean"]], c=color, label=None if method in seen else method)
-        seen.add(method)
-    ax.set_xlabel("KL estimate to the reference (nats / sequence)")
-    ax.set_ylabel("VADER mean on held-out prompts")
-    _save(fig, ax, path)

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,10 +28,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import torch
 import yaml
+from huggingface_hub import hf_hub_download
 
-REPO = Path(__file__).resolve().parents[1]
-JUDGES = REPO / "evaluation" / "judges"
+from aot.files import short_hash
+from aot.models import load_for_generation
+from evaluation.open_llm import base_run_dir
+
+JUDGES = Path(__file__).parent / "judges"
 HUB_SET = ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")
 GENERATION = {"max_new_tokens": 2048, "do_sample": False, "batch_size": 8}  # greedy: reproducible
 log = logging.getLogger("aot")
@@ -50,8 +54,6 @@ def load_instruction_set(path: str | None) -> tuple[list[dict], str]:
     if path:
         source = Path(path)
     else:
-        from huggingface_hub import hf_hub_download
-
         source = Path(hf_hub_download(repo_id=HUB_SET[0], filename=HUB_SET[1], repo_type="dataset"))
     records = json.loads(source.read_text())
     for i, r in enumerate(records):
@@ -62,37 +64,27 @@ def load_instruction_set(path: str | None) -> tuple[list[dict], str]:
 
 
 def _load_model(run_dir: Path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """The run's model (its adapter merged into the base, or its own weights; a base row's model
+    itself) and tokenizer, on the GPU when there is one."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    base_path = cfg["model"]["name_or_path"]
+    base = cfg["model"]["name_or_path"]
     is_base = cfg.get("loss", {}).get("name") == "base"  # outputs/<id>-base: the model itself
     if (run_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-        model = PeftModel.from_pretrained(base, run_dir).merge_and_unload()
+        model, tokenizer = load_for_generation(base, run_dir, dtype, tokenizer_from=run_dir)
     else:
-        model = AutoModelForCausalLM.from_pretrained(base_path if is_base else run_dir, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(base_path if is_base else run_dir)
+        model, tokenizer = load_for_generation(base if is_base else str(run_dir), dtype=dtype)
     if not tokenizer.chat_template and cfg["model"].get("chat_template"):  # a recipe's fallback
         tokenizer.chat_template = cfg["model"]["chat_template"]
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer, cfg
+    return model.to(device), tokenizer, cfg
 
 
 def generate(run_dir: Path, records: list[dict], settings: dict) -> Path:
     """Model outputs for every instruction, resumable; returns the JSONL file."""
-    import torch
-
-    key = hashlib.sha1(
-        json.dumps({"settings": settings, "instructions": [r["instruction"] for r in records]}).encode()
-    ).hexdigest()[:10]
+    key = short_hash(
+        json.dumps({"settings": settings, "instructions": [r["instruction"] for r in records]}), 10
+    )
     out_dir = run_dir / "eval" / "alpaca"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"outputs-{key}.jsonl"
@@ -162,7 +154,7 @@ def judge_config(judge: str) -> tuple[dict, str]:
 def render_judge(judge: str, url: str | None, out_dir: Path, model: str | None = None) -> Path:
     """alpaca_eval's configs.yaml for this judge, with absolute template paths, the endpoint and
     the model to request (``model``: what the server serves, when not the configured name)."""
-    import alpaca_eval
+    import alpaca_eval  # optional: the eval extra
 
     configs, _ = judge_config(judge)
     package_configs = Path(alpaca_eval.__file__).parent / "evaluators_configs"
@@ -216,7 +208,7 @@ def judge_model(judge: str, configured: str, served: list[str]) -> tuple[str, st
 def judge_outputs(
     run_dir: Path, outputs_path: Path, records: list[dict], judge: str, url: str | None
 ) -> dict:
-    import pandas as pd
+    import pandas as pd  # optional: the eval extra (pinned below 3 for alpaca_eval)
     from alpaca_eval.main import evaluate as alpaca_evaluate
 
     configs, default_url = judge_config(judge)
@@ -284,8 +276,6 @@ def evaluate(
     if bool(run) == bool(model):
         raise ValueError("give exactly one of RUN=<run dir> or MODEL=<recipe or hub id>")
     if model:
-        from aot.eval_open_llm import base_run_dir
-
         run = str(base_run_dir(model, outputs))
     run_dir = Path(run)
     if not (run_dir / "config.yaml").is_file():

@@ -1,6 +1,6 @@
 """FSDP2 and DeepSpeed ZeRO-3 for real on 2 CPU processes (gloo), against one process.
 
-Each group of cases runs in one `accelerate launch` of tests/sharded_cases.py with the repo's
+Each group of cases runs in one `accelerate launch` of tests/helpers/sharded_cases.py with the repo's
 `*_cpu` launch config. Every run asserts what actually ran (backend, processes, share of the
 parameters per rank, from metrics.json and the log), not only the numbers: accelerate falls
 back to plain data parallel on a CPU without a word, and then the numbers would match too.
@@ -76,7 +76,7 @@ def run_cases(config: str, tmp_path, names: list[str], env=None):
         json.dumps([f"output_dir={tmp_path / config / name}", *STEPS, *SGD, *CASES[name][0], *CASES[name][1]])
         for name in names
     ]
-    cmd, env = accelerate(config, ["tests/sharded_cases.py", *cases], env)
+    cmd, env = accelerate(config, ["tests/helpers/sharded_cases.py", *cases], env)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=1200)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     return proc.stdout + proc.stderr

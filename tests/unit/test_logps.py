@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import SGD, assert_same_weights, compose
 
+from aot.batches import PreferenceCollator
 from aot.logps import full_logits_sequence_logps, output_head, sequence_logps
-from aot.trainer import PreferenceCollator
 
 FEATURES = [
     {"prompt_ids": [1, 4, 50, 60, 2, 5], "chosen_ids": [70, 80, 90, 2], "rejected_ids": [99, 2]},

@@ -10,8 +10,10 @@ import pytest
 import torch
 from conftest import REPO, compose
 
-from aot.run import ConfigError, train
-from aot.trainer import BothLabelsSampler, PreferenceCollator, sequence_logps
+from aot.batches import BothLabelsSampler, PreferenceCollator, merge_micro_batches
+from aot.config import ConfigError
+from aot.logps import sequence_logps
+from aot.run import train
 
 
 def run(tmp_path, *overrides):
@@ -254,8 +256,6 @@ def test_unpaired_summary_against_brute_force():
 
 def test_merged_micro_batches_give_the_same_logps(tiny_path):
     from transformers import AutoModelForCausalLM
-
-    from aot.trainer import merge_micro_batches
 
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     features = [

@@ -13,15 +13,22 @@ Runs of the offline fixtures (tiny, smollm2) default to the bundled local task `
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
+from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-LOCAL_TASKS = REPO / "evaluation" / "tasks"
+from aot.config import RECIPES
+from aot.fixtures import FIXTURES
+from aot.models import model_path
+
+LOCAL_TASKS = Path(__file__).parent / "tasks"
 log = logging.getLogger("aot")
 
 
@@ -58,23 +65,19 @@ TINY_RAW = tuple(
 BUNDLED = (Task("aot_tiny_qa", "TinyQA", "acc,none", 0),)
 # Every variant a paper row might mean is run and recorded: ARC Challenge and Easy (acc and
 # acc_norm), HellaSwag (acc and acc_norm), GSM8K (strict and flexible match) all land in
-# results.json; `make results VARIANT=` picks the one the table shows (aot.results.VARIANTS).
+# results.json; `make results VARIANT=` picks the one the table shows (evaluation.results.VARIANTS).
 EXTRA = (Task("arc_easy", "ARC-Easy", "acc,none", 25),)
 ALL_TASKS = {t.name: t for t in OPEN_LLM + TINY + TINY_RAW + BUNDLED + EXTRA}
 
 
 def tiny_estimator_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("tinyBenchmarks") is not None
 
 
 def raw_tiny_tasks(dest: Path) -> Path:
     """lm-eval's tinyBenchmarks task configs as ``<task>_raw``, each IRT aggregation replaced by
     the mean (same data, prompts and shot counts)."""
-    import re
-
-    import lm_eval.tasks
+    import lm_eval.tasks  # optional: the eval extra
 
     src = Path(lm_eval.tasks.__file__).parent / "tinyBenchmarks"
     dest.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,7 @@ def raw_tiny_tasks(dest: Path) -> Path:
     return dest
 
 
-OFFLINE_FIXTURES = ("tiny", "smollm2")  # default to the bundled task: the real ones download
+OFFLINE_FIXTURES = tuple(FIXTURES)  # default to the bundled task: the real ones download
 
 
 @dataclass
@@ -137,16 +140,12 @@ def base_run_dir(model: str, outputs: str | Path = "outputs") -> Path:
     """``outputs/<id>-base/`` for a base model (a recipe name, hub id or local directory), with a
     config.yaml like a run's (model id, path, the recipe's fallback chat template, loss "base"),
     so that it gets evaluated and tabled like any run."""
-    recipe = REPO / "recipes" / "model" / f"{model}.yaml"
+    recipe = RECIPES / "model" / f"{model}.yaml"
     template = None
     if recipe.is_file():
         spec = yaml.safe_load(recipe.read_text())["model"]
         model_id, path, template = model, spec["name_or_path"], spec.get("chat_template")
-        if path in ("tiny", "smollm2"):  # the offline fixtures, built or converted on first use
-            from omegaconf import OmegaConf
-
-            from aot.run import model_path
-
+        if path in FIXTURES:  # the offline fixtures, built or converted on first use
             path = model_path(OmegaConf.create({"model": {"name_or_path": path}}))
     else:  # a hub id or a local directory
         model_id, path = model.rstrip("/").split("/")[-1], model
@@ -208,8 +207,7 @@ def evaluate(
     limit: float | None = None,
     outputs: str | Path = "outputs",
 ) -> dict:
-    import lm_eval
-    import torch
+    import lm_eval  # optional: the eval extra
     from lm_eval.tasks import TaskManager
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

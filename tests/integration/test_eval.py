@@ -8,14 +8,14 @@ import subprocess
 import pytest
 import yaml
 from conftest import REPO, compose
-from standin_judge import StandinJudge
+from helpers.standin_judge import StandinJudge
 
-from aot.eval_alpaca import JudgeUnreachable
-from aot.eval_alpaca import evaluate as alpaca
-from aot.eval_open_llm import evaluate as open_llm
-from aot.eval_open_llm import resolve_target, task_plan
-from aot.results import collect, write_table
 from aot.run import train
+from evaluation.alpaca import JudgeUnreachable
+from evaluation.alpaca import evaluate as alpaca
+from evaluation.open_llm import evaluate as open_llm
+from evaluation.open_llm import resolve_target, task_plan
+from evaluation.results import collect, write_table
 
 INSTRUCTIONS = [
     {"instruction": "What color is snow?", "output": "White.", "generator": "reference", "dataset": "local"},
@@ -93,7 +93,7 @@ def test_tiny_tasks_fall_back_to_labelled_raw_accuracy_without_the_estimator(tmp
     import yaml as _yaml
     from lm_eval.tasks import TaskManager
 
-    from aot.eval_open_llm import TINY_RAW, raw_tiny_tasks, tiny_estimator_available
+    from evaluation.open_llm import TINY_RAW, raw_tiny_tasks, tiny_estimator_available
 
     assert not tiny_estimator_available()  # not on PyPI: the pinned environment cannot have it
     folder = raw_tiny_tasks(tmp_path / "raw")
@@ -158,7 +158,7 @@ def test_alpaca_eval_of_a_base_model_gives_the_base_row(tmp_path, alpaca_set, ti
 
 @pytest.mark.slow
 def test_generation_resumes_and_unreachable_judge_keeps_outputs(tmp_path, lora_run, alpaca_set, caplog):
-    from aot.eval_alpaca import GENERATION, generate, load_instruction_set
+    from evaluation.alpaca import GENERATION, generate, load_instruction_set
 
     records, source = load_instruction_set(alpaca_set)
     settings = {**GENERATION, "instruction_set": source, "max_new_tokens": 8}
@@ -288,7 +288,7 @@ def test_slurm_eval_and_judge_dry_runs():
 
 
 def test_the_judge_column_is_the_model_that_judged():
-    from aot.eval_alpaca import judge_model
+    from evaluation.alpaca import judge_model
 
     name = "meta-llama/Meta-Llama-3-70B-Instruct"
     assert judge_model("llama3-70b", name, [name]) == (name, name)  # any node serving it: one column

@@ -15,15 +15,15 @@ from aot.losses import (
     aot_paired_loss,
     aot_unpaired_loss,
     dpo_loss,
-    fsd_violation,
     ipo_loss,
 )
+from aot.metrics import fsd_violation, reward_accuracy
 
 BETAS = [0.01, 0.5, 3.0]
 
 
 def penalty_np(name, z, eps=0.0):
-    """The penalties written out again in numpy, from aot-math.md's table."""
+    """The penalties written out again in numpy, from docs/objective.md's table."""
     softplus = lambda x: np.logaddexp(0.0, x)
     return {
         "logistic": (1 - eps) * softplus(-z) + eps * softplus(z),
@@ -155,8 +155,6 @@ def test_hard_sort_gradient_follows_the_matched_partner():
 
 
 def test_reward_accuracy_paired_and_unpaired_against_brute_force():
-    from aot.losses import reward_accuracy
-
     assert reward_accuracy(torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.0, 3.0, 0.0]), paired=True) == 1 / 3
     chosen, rejected = torch.tensor([0.0, 2.0, 2.0, 5.0]), torch.tensor([1.0, 2.0, 3.0])
     brute = sum(float(c > r) for c in chosen for r in rejected) / (len(chosen) * len(rejected))

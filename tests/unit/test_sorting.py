@@ -1,4 +1,4 @@
-"""Soft sorts: check values from aot-math.md, limits, invariants, exact backward, oracles."""
+"""Soft sorts: check values from docs/objective.md, limits, invariants, exact backward, oracles."""
 
 import numpy as np
 import pytest

@@ -49,7 +49,7 @@ def launch(config: str, tmp_path, cases: dict, cache) -> str:
         os.path.join(REPO, "configs", "accelerate", f"{config}.yaml"),
         "--num_processes",
         str(PROCESSES),
-        "tests/sharded_cases.py",
+        "tests/helpers/sharded_cases.py",
         *(json.dumps([f"output_dir={tmp_path / name}", *args]) for name, args in cases.items()),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AOT_SHARD_ON_CPU": "1", "AOT_CACHE_DIR": str(cache)}
@@ -72,9 +72,9 @@ class Oracle:
     def __init__(self, overrides, autocast: bool):
         from transformers import AutoModelForCausalLM
 
+        from aot.batches import PreferenceCollator, tokenize_split
         from aot.data import load_split
-        from aot.run import load_tokenizer, model_path
-        from aot.trainer import PreferenceCollator, tokenize_split
+        from aot.models import load_tokenizer, model_path
 
         self.cfg = compose(*overrides)
         t = self.cfg.train

@@ -1,4 +1,4 @@
-"""Every module of the package imports (catches a broken import before a long run does)."""
+"""Every module of the packages imports (catches a broken import before a long run does)."""
 
 import importlib
 import pkgutil
@@ -6,8 +6,13 @@ import pkgutil
 import pytest
 
 import aot
+import evaluation
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(aot.__path__, prefix="aot."))
+MODULES = sorted(
+    m.name
+    for package in (aot, evaluation)
+    for m in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}.")
+)
 
 
 def test_the_package_has_modules():

@@ -11,7 +11,7 @@ import pytest
 from conftest import RECIPES, REPO, compose
 
 from aot.config import ConfigError, build_training_args, loss_kwargs
-from aot.losses import LOSSES, PAIRED_ONLY
+from aot.methods import METHODS, PAIRED_ONLY
 
 
 def group(name):
@@ -22,7 +22,7 @@ MODELS, LOSS_NAMES, DATA = group("model"), group("loss"), group("data")
 
 
 def test_groups_match_the_registry_and_the_issue():
-    assert set(LOSS_NAMES) == set(LOSSES)
+    assert set(LOSS_NAMES) == set(METHODS)
     assert set(MODELS) == {"merlinite", "openhermes", "starling", "llama3", "mistral", "tiny", "smollm2"}
     assert set(DATA) == {"ultrafeedback", "helpsteer", "pku", "sample", "local"}
 
@@ -167,7 +167,7 @@ def test_label_smoothing_with_the_logistic_penalty_and_dpo_is_accepted(tmp_path)
 def test_a_recipe_template_is_a_fallback_and_merlinites_emits_bos(tmp_path, tiny_path):
     import shutil
 
-    from aot.run import load_tokenizer
+    from aot.models import load_tokenizer
 
     cfg = compose("model=merlinite")
     own = load_tokenizer(cfg, str(tiny_path))  # the tiny tokenizer ships a template: it is kept

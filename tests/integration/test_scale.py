@@ -24,7 +24,8 @@ from conftest import (
     wait_for_checkpoint,
 )
 
-from aot.run import ConfigError, ot_batch_line, train
+from aot.config import ConfigError, ot_batch_line
+from aot.run import train
 
 
 def launch(*args, nproc=None, env=None, **kw):
@@ -117,8 +118,9 @@ def test_two_pass_replays_dropout(tmp_path, tiny_path, monkeypatch, replay):
     """With LoRA dropout on, the two-pass gradient equals one graph over every micro-batch run
     from the same RNG state (the same masks); without the replay it does not, so the check can fail."""
     import aot.trainer as trainer_module
+    from aot.config import build_training_args
     from aot.data import load_split
-    from aot.run import build_training_args, prepare
+    from aot.run import build_run
 
     cfg = compose(
         f"output_dir={tmp_path}",
@@ -126,7 +128,7 @@ def test_two_pass_replays_dropout(tmp_path, tiny_path, monkeypatch, replay):
         "loss.ot_batch_size=32",
         "train.per_device_train_batch_size=8",
     )
-    run = prepare(cfg, build_training_args(cfg), load_split(cfg.data, "train"))
+    run = build_run(cfg, build_training_args(cfg), load_split(cfg.data, "train"))
     trainer, model = run.trainer, run.policy
     trainer.current_gradient_accumulation_steps = 1
     micro = next(iter(trainer.get_train_dataloader()))["micro_batches"]
@@ -275,14 +277,15 @@ def test_one_process_on_a_multi_gpu_node_trains_on_one_device_not_dataparallel(t
     """transformers gives a process launched without a launcher n_gpu = device_count() and wraps
     the model in nn.DataParallel, whose replicas would each run the output head on a slice of the
     rows. Simulated here by the n_gpu that TrainingArguments computes on a node with 2 GPUs."""
+    from aot.config import build_training_args
     from aot.data import load_split
-    from aot.run import build_training_args, prepare
+    from aot.run import build_run
 
     cfg = compose(f"output_dir={tmp_path}", "train.per_device_train_batch_size=8")
     args = build_training_args(cfg)
     args._n_gpu = 2  # TrainingArguments._setup_devices: self._n_gpu = torch.cuda.device_count()
     with caplog.at_level("WARNING", logger="aot"):
-        trainer = prepare(cfg, args, load_split(cfg.data, "train")).trainer
+        trainer = build_run(cfg, args, load_split(cfg.data, "train")).trainer
     assert trainer.args.n_gpu == 1 and "one process uses one GPU (cuda:0) of the 2 it sees" in caplog.text
     assert not isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)
 
@@ -306,8 +309,8 @@ def test_train_bf16_follows_the_launch_config(monkeypatch, launched, setting, ex
 def test_two_processes_fetch_a_hub_model_once(tmp_path, tiny_path):
     """Downloads are main-process-first: on a cold cache the first process of the node fetches
     the hub repository, the other reads the cache (8 GPUs x 14 GB downloads otherwise). The Hub
-    is a stand-in serving the tiny model as `standin/tiny` (tests/standin_hub.py)."""
-    from standin_hub import standin_hub
+    is a stand-in serving the tiny model as `standin/tiny` (tests/helpers/standin_hub.py)."""
+    from helpers.standin_hub import standin_hub
 
     with standin_hub({"standin/tiny": tiny_path}) as (endpoint, requests):
         env = {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
