@@ -69,10 +69,10 @@ def output_dir_is_shared(out: Path) -> bool:
 
     name = decide_on_main(write_token)
     try:  # open() revalidates on network filesystems, where a cached directory listing may lag
-        seen = (out / name).read_text() == name
+        visible = (out / name).read_text() == name
     except OSError:
-        seen = False
-    everyone = all_gather_objects(seen)
+        visible = False
+    everyone = all_gather_objects(visible)
     barrier()
     if rank_and_world()[0] == 0:
         (out / name).unlink(missing_ok=True)

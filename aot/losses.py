@@ -170,14 +170,14 @@ def aot_loss(
         raise ValueError(f"aot_loss needs non-empty u and v, got sizes {u.numel()} and {v.numel()}")
     h = PENALTIES[penalty]
     dtype = u.dtype
-    acc = torch.promote_types(torch.promote_types(u.dtype, v.dtype), torch.float32)
-    us, vs = _sorted(u.to(acc), sort, sort_strength), _sorted(v.to(acc), sort, sort_strength)
+    compute = torch.promote_types(torch.promote_types(u.dtype, v.dtype), torch.float32)
+    us, vs = _sorted(u.to(compute), sort, sort_strength), _sorted(v.to(compute), sort, sort_strength)
     n, m = us.numel(), vs.numel()
     if n == m:
         return h(beta * (us - vs), label_smoothing).mean().to(dtype)
     iu, iv, lengths, scale = quantile_pieces(n, m)
     iu, iv = iu.to(us.device), iv.to(us.device)
-    weights = (lengths.double() / scale).to(device=us.device, dtype=acc)
+    weights = (lengths.double() / scale).to(device=us.device, dtype=compute)
     return (weights * h(beta * (us[iu] - vs[iv]), label_smoothing)).sum().to(dtype)
 
 

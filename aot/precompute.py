@@ -61,8 +61,8 @@ def attach_ref_logps(cfg, path, trainer, features: list[dict], collator) -> Path
     the run's autocast), then gathered. Only the global main process reads and writes the cache
     (a unique temporary name, then an atomic rename) and broadcasts a cached table, so several
     nodes never race on a shared filesystem nor need one. Returns the cache file."""
-    acc = trainer.accelerator
-    key = ref_cache_key(cfg, path, features, autocast=acc.mixed_precision)
+    accelerator = trainer.accelerator
+    key = ref_cache_key(cfg, path, features, autocast=accelerator.mixed_precision)
     cache = cache_dir() / "ref_logps" / f"{key}.pt"
     rows = decide_on_main(lambda: torch.load(cache) if cache.is_file() else None)
     if rows is not None:
@@ -71,12 +71,12 @@ def attach_ref_logps(cfg, path, trainer, features: list[dict], collator) -> Path
         rows = score_rows(
             trainer, features, collator, trainer.args.per_device_eval_batch_size, reference=True
         )
-        if acc.is_main_process:
+        if accelerator.is_main_process:
             atomic_write(cache, lambda tmp: torch.save(rows, tmp))
         log.info(
             "reference log-probs: computed for %d rows on %d ranks, cached in %s",
             len(rows),
-            acc.num_processes,
+            accelerator.num_processes,
             cache,
         )
     for feature, row in zip(features, rows.tolist()):

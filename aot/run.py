@@ -4,7 +4,7 @@
 
 1. ``build_training_args``: every setting checked before anything loads (``aot.config``);
 2. ``_finished_run`` / ``_claim_output_dir``: what ``output_dir`` holds, decided on rank 0;
-3. ``_load_data`` and ``build_run``: data, model, tokeniser, trainer (downloads once per node);
+3. ``_load_data`` and ``aot.build.build_run``: data, model, tokeniser, trainer (one download per node);
 4. once the Trainer has prepared the model: the reference sharded, what ran described, reference
    log-probs precomputed, the "before" diagnostics (``TrainerHooks.once_prepared``);
 5. training, with preemption and resume (``aot.preemption``, ``aot.checkpoint``);
@@ -13,117 +13,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import TrainingArguments
 
 from aot.backends import (
     check_launch,
     describe,
-    one_device_per_process,
     parameter_count,
-    place_before_sharding,
-    set_fsdp2_precision,
     share_per_rank,
-    steer_cpu_sharding,
 )
 from aot.batches import PreferenceCollator, tokenize_split
+from aot.build import Run, build_run
 from aot.checkpoint import agree_on_checkpoint, output_dir_is_shared, use_node_local_files
-from aot.config import ConfigError, build_training_args, loss_kwargs, ot_batch_line, run_identity
-from aot.data import Split, load_split, unpair
+from aot.config import ConfigError, build_training_args, ot_batch_line, run_identity
+from aot.data import Split, load_split
 from aot.diagnostics import measure, plot_quantiles, summarise
 from aot.distributed import all_gather_objects, decide_on_main
 from aot.fixtures import FIXTURES
 from aot.methods import check_rows
-from aot.models import load_models, load_tokenizer, model_path
-from aot.precompute import attach_ref_logps
 from aot.preemption import StopOnSignal
 from aot.rundir import check_run_dir
-from aot.trainer import PreferenceTrainer, TrainerHooks
 
 log = logging.getLogger("aot")
-
-
-@dataclass
-class Run:
-    """What one run trains with, once built (``build_run``)."""
-
-    path: str  # the model directory (a fixture's build, a hub snapshot, or as given)
-    tokenizer: PreTrainedTokenizerBase
-    policy: torch.nn.Module
-    reference: torch.nn.Module | None  # the frozen copy of full fine-tuning; None with LoRA
-    features: list[dict]  # the tokenised train rows
-    truncated: dict  # how many train prompts and completions were cut
-    trainer: Trainer
-
-
-def make_trainer(cfg, args, policy, reference, tokenizer, train_split, train_features):
-    """Our ``PreferenceTrainer``, or TRL's ``KTOTrainer`` for kto (on unpaired rows)."""
-    one_device_per_process(args)
-    policy = place_before_sharding(policy, args.device)
-    if cfg.loss.name != "kto":
-        micro = cfg.train.per_device_train_batch_size if cfg.loss.ot_batch_size else None
-        trainer = PreferenceTrainer(
-            model=policy,
-            args=args,
-            train_dataset=train_features,
-            data_collator=PreferenceCollator(tokenizer.pad_token_id, micro),
-            processing_class=tokenizer,
-            method=cfg.loss.name,
-            loss_kwargs=loss_kwargs(cfg),
-            ref_model=reference,
-            logps_chunk=cfg.train.logps_chunk,
-        )
-    else:
-        from trl import KTOTrainer  # TRL only for the method it trains (its import takes seconds)
-
-        class KTO(TrainerHooks, KTOTrainer):
-            """TRL's KTO with this repo's checkpoints and preparation hooks."""
-
-        rows = [
-            {"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]}
-            for r in unpair(train_split).rows
-        ]
-        trainer = KTO(
-            model=policy,
-            ref_model=reference,
-            args=args,
-            train_dataset=datasets.Dataset.from_list(rows),
-            processing_class=tokenizer,
-        )
-    trainer.save_dtype = getattr(torch, cfg.model.dtype)
-    set_fsdp2_precision(trainer)
-    return trainer
-
-
-def build_run(cfg: DictConfig, args: TrainingArguments, train_split: Split) -> Run:
-    """Load the model, tokenise the train split, build the trainer. With train.precompute_ref the
-    reference log-probs are attached once the trainer has prepared the model (every rank)."""
-    steer_cpu_sharding(args)
-    with args.main_process_first(desc="model files"):  # one download (or fixture build) per node
-        path = model_path(cfg, download=args.local_process_index == 0)
-    tokenizer = load_tokenizer(cfg, path)
-    policy, reference = load_models(cfg, path)
-    features, truncated = tokenize_split(
-        train_split, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length
-    )
-    trainer = make_trainer(cfg, args, policy, reference, tokenizer, train_split, features)
-    if cfg.train.precompute_ref:
-        collator = PreferenceCollator(tokenizer.pad_token_id)
-        trainer.once_prepared.append(
-            (
-                "precompute reference log-probs",
-                lambda: attach_ref_logps(cfg, path, trainer, features, collator),
-            )
-        )
-    return Run(path, tokenizer, policy, reference, features, truncated, trainer)
 
 
 # --- the steps of train() -------------------------------------------------------------------------------
@@ -198,8 +116,25 @@ def _measure_before(trainer, out: Path, resumed: bool, measure_split) -> dict:
     return measured
 
 
+@contextlib.contextmanager
+def _log_file(path: Path, main: bool):
+    """The ``aot`` log of this run, also appended to ``path`` (the main process's)."""
+    handler = None
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        log.addHandler(handler)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
 def train(cfg: DictConfig) -> dict:
-    """Run one training job; returns what it wrote to metrics.json."""
+    """Run one training job; returns what it wrote to metrics.json (its log: <output_dir>/train.log)."""
     started = time.time()
     check_launch()
     args = build_training_args(cfg)  # checks the config before anything is loaded
@@ -211,6 +146,12 @@ def train(cfg: DictConfig) -> dict:
         log.info("%s already holds this config's finished run (metrics.json): nothing to train", out)
         return finished
     shared = _claim_output_dir(cfg, args, out)
+    with _log_file(out / "train.log", args.process_index == 0):
+        return _build_and_fit(cfg, args, out, shared, started)
+
+
+def _build_and_fit(cfg: DictConfig, args: TrainingArguments, out: Path, shared: bool, started: float) -> dict:
+    """Steps 3 to 6 in the claimed output_dir, logged to its train.log."""
     train_split, test_split = _load_data(cfg, args)
     run = build_run(cfg, args, train_split)
     resolved = OmegaConf.to_container(cfg, resolve=True)

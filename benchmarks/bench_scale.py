@@ -42,9 +42,9 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int, model
     import torch
     from transformers import TrainerCallback
 
+    from aot.build import build_run
     from aot.config import build_training_args, compose
     from aot.data import load_split
-    from aot.run import build_run
 
     steps = 1 + max(2, samples // n)
     overrides = [

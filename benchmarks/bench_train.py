@@ -4,7 +4,7 @@
 
 Both sides train a LoRA adapter with AOT unpaired (beta 0.01, logistic, hard sort) on the sample
 set's paired rows, tokenised once by our tokeniser (chat template, truncation) and fed to both:
-ours through ``aot.run.make_trainer``, TRL through ``trl.DPOTrainer(loss_type="aot_unpaired")``
+ours through ``aot.build.make_trainer``, TRL through ``trl.DPOTrainer(loss_type="aot_unpaired")``
 (its collator, forward and loss; ``common.trl_aot_trainer``), with the same batch, learning
 rate, LoRA settings, sequence limit and reference (adapter disabled), no bf16 and no gradient
 checkpointing. Models: the tiny one (batch 16) and SmolLM2-135M-Instruct (its recipe: batch 8,
@@ -45,10 +45,10 @@ def measure(side: str, model: str) -> dict:
     import torch
 
     from aot.batches import tokenize_split
+    from aot.build import make_trainer
     from aot.config import build_training_args, compose
     from aot.data import load_split
     from aot.models import load_models, load_tokenizer, model_path
-    from aot.run import make_trainer
 
     batch, steps = MODELS[model]
     out = tempfile.mkdtemp()

@@ -101,8 +101,8 @@ class RandomModels:
         """One measured step (after a warm-up one); the LoRA is removed again afterwards."""
         from peft import LoraConfig, get_peft_model
 
+        from aot.build import make_trainer
         from aot.config import build_training_args
-        from aot.run import make_trainer
 
         out = tempfile.mkdtemp()
         cfg = self.cfg(case, pairs, length, out)

@@ -21,7 +21,7 @@ LAYERS = [
     ["aot.backends", "aot.reference"],
     ["aot.scoring", "aot.precompute", "aot.diagnostics"],
     ["aot.checkpoint", "aot.preemption", "aot.rundir", "aot.trainer"],
-    ["aot.run"],
+    ["aot.build", "aot.run"],
 ]
 LAYER = {module: i for i, layer in enumerate(LAYERS) for module in layer}
 #: imported inside functions on purpose: optional extras (eval, deepspeed), or TRL, whose import

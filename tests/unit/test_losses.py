@@ -172,3 +172,17 @@ def test_unequal_sizes_in_half_precision(dtype):
         got = aot_loss(u.to(dtype), v.to(dtype), beta=1.0, penalty=penalty)
         assert got.dtype == dtype and torch.isfinite(got)
         assert got.double().item() == pytest.approx(want.item(), rel=2**-7)  # the output's own rounding
+
+
+def test_unequal_sizes_hand_worked_on_the_merged_grid():
+    """n = 2, m = 3 (docs/objective.md): pieces (0, 1/3], (1/3, 1/2], (1/2, 2/3], (2/3, 1] pair
+    (u1, v1), (u1, v2), (u2, v2), (u2, v3) with weights 1/3, 1/6, 1/6, 1/3."""
+    from aot.quantiles import quantile_pieces
+
+    iu, iv, lengths, scale = quantile_pieces(2, 3)
+    assert iu.tolist() == [0, 0, 1, 1] and iv.tolist() == [0, 1, 1, 2]
+    assert lengths.tolist() == [2, 1, 1, 2] and scale == 6
+    u, v = torch.tensor([3.0, 1.0]), torch.tensor([0.0, 2.0, 4.0])  # sorted: u = (1, 3), v = (0, 2, 4)
+    # least squares at beta = 1: h(z) = (1 - z)^2 on z = 1, -1, 1, -1
+    expected = (1 / 3) * 0 + (1 / 6) * 4 + (1 / 6) * 0 + (1 / 3) * 4
+    assert aot_loss(u, v, beta=1.0, penalty="least_squares").item() == pytest.approx(expected)
