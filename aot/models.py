@@ -69,14 +69,19 @@ def load_models(cfg: DictConfig, path: str):
                 module.p = 0.0
     if not cfg.model.lora:
         return policy, AutoModelForCausalLM.from_pretrained(path, **kwargs).eval().requires_grad_(False)
-    lora = LoraConfig(
-        r=cfg.model.lora_r,
-        lora_alpha=cfg.model.lora_alpha,
-        lora_dropout=cfg.model.lora_dropout,
-        target_modules=list(cfg.model.lora_target_modules),
+    return get_peft_model(policy, lora_config(cfg)), None
+
+
+def lora_config(cfg: DictConfig) -> LoraConfig:
+    """The recipe's LoRA (rank, alpha, dropout, target modules)."""
+    m = cfg.model
+    return LoraConfig(
+        r=m.lora_r,
+        lora_alpha=m.lora_alpha,
+        lora_dropout=m.lora_dropout,
+        target_modules=list(m.lora_target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(policy, lora), None
 
 
 def load_for_generation(

@@ -133,9 +133,10 @@ def trl_aot_trainer(
     tokens."""
     import datasets
     import torch
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
+
+    from aot.models import lora_config
 
     class TokenRowsDPOTrainer(DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -163,13 +164,7 @@ def trl_aot_trainer(
         max_length=t.max_length,
         disable_dropout=True,
     )
-    lora = LoraConfig(
-        r=m.lora_r,
-        lora_alpha=m.lora_alpha,
-        lora_dropout=m.lora_dropout,
-        target_modules=list(m.lora_target_modules),
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(cfg)
     return TokenRowsDPOTrainer(
         model=model
         if model is not None

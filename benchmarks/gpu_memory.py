@@ -99,10 +99,11 @@ class RandomModels:
 
     def step(self, case: str, pairs: int, length: int) -> dict:
         """One measured step (after a warm-up one); the LoRA is removed again afterwards."""
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         from aot.build import make_trainer
         from aot.config import build_training_args
+        from aot.models import lora_config
 
         out = tempfile.mkdtemp()
         cfg = self.cfg(case, pairs, length, out)
@@ -115,17 +116,9 @@ class RandomModels:
                     cfg, None, self.tokenizer, rows, out, steps=2, model=self.base, bf16=bf16
                 )
             else:
-                m = cfg.model
-                lora = LoraConfig(
-                    r=m.lora_r,
-                    lora_alpha=m.lora_alpha,
-                    lora_dropout=m.lora_dropout,
-                    target_modules=list(m.lora_target_modules),
-                    task_type="CAUSAL_LM",
-                )
                 args = build_training_args(cfg, out)
                 args.save_strategy = "no"
-                policy = get_peft_model(self.base, lora)
+                policy = get_peft_model(self.base, lora_config(cfg))
                 trainer = make_trainer(cfg, args, policy, None, self.tokenizer, None, rows)
             clock = StepClock(self.device)
             trainer.add_callback(clock)
