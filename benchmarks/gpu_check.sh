@@ -7,6 +7,8 @@
 #      at 1,024 tokens with gradient checkpointing (chunked log-probs, full logits, TRL 1.16), peak
 #      CUDA memory, and the largest OT batch that fits (benchmarks/gpu_memory.py)
 #   3. gpu.json: the tiny runs (benchmarks/gpu_check.py; multi-process ones with 2+ GPUs)
+#   4. vllm.log: where vLLM is installed (not on the lent machine's image), AlpacaEval generation
+#      of a tiny LoRA run through vLLM (tests/integration/test_generation.py checks up to the engine)
 #   plus gpu.txt (nvidia-smi) and check.log (this script's output).
 #
 # On the lent machine (Python 3.12, its own CUDA torch, no network), with the pinned pure-Python
@@ -41,3 +43,21 @@ timeout "${MEMORY_TIMEOUT:-300}" $PY benchmarks/gpu_memory.py --out "$OUT/memory
 
 echo "== 3. tiny runs"
 [ -n "${SKIP_TINY:-}" ] || timeout "${TINY_TIMEOUT:-600}" $PY benchmarks/gpu_check.py --out "$OUT"
+
+echo "== 4. vLLM generation (when vLLM is installed)"
+if $PY -c "import vllm" 2>/dev/null; then
+  VLLM_PYTHON=$PY timeout "${VLLM_TIMEOUT:-300}" $PY -c "
+import json, tempfile
+from pathlib import Path
+from aot.config import compose
+from aot.run import train
+from evaluation.generation import generate, settings_for
+out = Path(tempfile.mkdtemp()) / 'tiny-aot_unpaired-sample'
+train(compose(f'output_dir={out}', 'train.max_steps=2', 'data.max_test_samples=8'))
+records = [{'instruction': q, 'output': '-', 'generator': 'ref', 'dataset': 'gpu'} for q in ('What color is snow?', 'Name a fruit.')]
+path = generate(out, records, settings_for('greedy', 'vllm', 16, instruction_set='gpu-check'))
+print(path.read_text())
+" > "$OUT/vllm.log" 2>&1; echo "exit $?" >> "$OUT/vllm.log"
+else
+  echo "vLLM not installed: skipped" | tee "$OUT/vllm.log"
+fi

@@ -1,6 +1,6 @@
 """Rewrite the benchmark tables of the docs from benchmarks/results/*.json (run after a benchmark).
 
-    python benchmarks/readme_tables.py [loss train scale memory sharded gpu]   # default: every table
+    python benchmarks/readme_tables.py [loss train scale memory sharded generation gpu]   # default: every table
 
 Each table sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md or in
 one of docs/*.md (``document``).
@@ -147,6 +147,22 @@ def sharded_table(d: dict) -> str:
     return "\n".join(lines)
 
 
+def generation_table(d: dict) -> str:
+    lines = [
+        machine_line(d["machine"])
+        + f" {d['model']}, {d['answers']} instructions of mixed length; medians of alternating rounds.\n",
+        "| order, batch | tokens / s | s | generated tokens | speed x given order, batch 8 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    label = {"given_order_b8": "given order, 8", "by_length_b16": "longest first, 16 (default on CPU)"}
+    for r in d["rows"]:
+        lines.append(
+            f"| {label.get(r['case'], r['case'])} | {r['tokens_per_second']:.1f} | {r['seconds']:.0f} "
+            f"| {r['new_tokens']:.0f} | {r['speed_vs_given_order_b8']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def document(name: str) -> Path:
     """The markdown file that holds table ``name``: README.md or one of docs/*.md."""
     for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
@@ -189,6 +205,7 @@ def main() -> None:
         ("scale", scale_table),
         ("memory", memory_table),
         ("sharded", sharded_table),
+        ("generation", generation_table),
         ("gpu", gpu_table),
     )
     wanted = set(sys.argv[1:]) or {name for name, _ in tables}  # e.g. `readme_tables.py memory`

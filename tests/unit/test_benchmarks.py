@@ -12,7 +12,7 @@ sys.path.insert(0, str(BENCH))
 import readme_tables  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["loss", "train", "scale", "memory", "sharded"])
+@pytest.mark.parametrize("name", ["loss", "train", "scale", "memory", "sharded", "generation"])
 def test_results_render_and_record_the_machine(name):
     data = json.loads((BENCH / "results" / f"{name}.json").read_text())
     table = getattr(readme_tables, f"{name}_table")(data)
@@ -28,7 +28,14 @@ def test_every_target_is_marked_met_or_not():
         t for m in train["models"].values() for t in m["targets"].values()
     ]
     assert len(targets) == 6 and all(isinstance(t["met"], bool) for t in targets)
-    for name in ("memory", "train", "scale", "loss", "sharded"):  # the docs show the committed results
+    for name in (
+        "memory",
+        "train",
+        "scale",
+        "loss",
+        "sharded",
+        "generation",
+    ):  # the docs show the committed results
         readme = readme_tables.document(name).read_text()
         start, end = readme.index(f"<!-- bench:{name} -->\n"), readme.index(f"<!-- /bench:{name} -->")
         data = json.loads((BENCH / "results" / f"{name}.json").read_text())
