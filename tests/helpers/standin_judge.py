@@ -3,8 +3,10 @@
 It speaks the chat-completions protocol the real judges speak (GPT-4-turbo with log-probs,
 Llama-3-70B-Instruct behind vLLM returning a ranking) so that the real alpaca_eval client and
 the project's judge configs run end to end in tests. Its verdict is a fixed rule (the longer
-answer wins), not a judgement: it tests plumbing, not quality. The real judges stay documented
-in evaluation/judges/ and README.md.
+answer wins), not a judgement: it tests plumbing, not quality; an instruction containing
+"[malformed]" gets a verdict no parser can read, so the accounting of failures can be checked
+exactly. A real model judges through both formats in tests/integration/test_judges.py; the real
+judges stay documented in evaluation/judges/ and docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -49,7 +51,12 @@ class _Handler(BaseHTTPRequestHandler):
         first_wins = len(blocks) >= 3 and len(blocks[1]) >= len(blocks[2])
         message = {"role": "assistant"}
         choice = {"index": 0, "finish_reason": "stop", "message": message}
-        if body.get("logprobs"):  # GPT-4-turbo weighted annotator: identifiers "m" (first) and "M"
+        if "[malformed]" in prompt:
+            message["content"] = "Both answers have merits."
+            if body.get("logprobs"):
+                other = {"token": "Both", "logprob": -0.1, "bytes": None, "top_logprobs": []}
+                choice["logprobs"] = {"content": [other]}
+        elif body.get("logprobs"):  # GPT-4-turbo weighted annotator: identifiers "m" (first) and "M"
             p = 0.9 if first_wins else 0.1
             message["content"] = "m" if first_wins else "M"
             top = [
