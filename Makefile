@@ -20,7 +20,7 @@ NPROC ?=
 # configs/accelerate/$(ACCEL).yaml; the *_cpu configs shard for real on CPU processes (AOT_SHARD_ON_CPU=1).
 LAUNCH = $(if $(ACCEL),$(if $(filter %_cpu,$(ACCEL)),AOT_SHARD_ON_CPU=1 OMP_NUM_THREADS=1) $(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
-.PHONY: install smollm2 train experiment test test-fast lint bench-loss bench-train bench-scale bench-memory bench-sharded eval-open-llm eval-alpaca results
+.PHONY: install smollm2 vllm train experiment test test-fast lint bench-loss bench-train bench-scale bench-memory bench-sharded bench-generation eval-open-llm eval-alpaca results
 
 install: $(STAMP)
 
@@ -38,21 +38,28 @@ $(STAMP): pyproject.toml
 smollm2: install
 	$(PY) -m aot.fixtures.smollm2
 
+# vLLM for GEN=vllm (and slurm/serve_judge.sh) in a venv of its own: it pins its own torch.
+vllm:
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install --quiet vllm
+
 # make train MODEL=merlinite LOSS=aot_unpaired [DATA=ultrafeedback] [ARGS="train.max_steps=10 loss.beta=0.02"] [ACCEL=fsdp NPROC=8]
 train: install $(if $(filter smollm2,$(MODEL)),smollm2)
 	$(LAUNCH) scripts/train.py model=$(MODEL) loss=$(LOSS) data=$(DATA) $(ARGS)
 
-# make eval-open-llm RUN=<run dir> | MODEL=<recipe or hub id> [LEADERBOARD=1] [TINY=1] [TASKS=a,b] [INCLUDE=dir] [BACKEND=vllm]
+# make eval-open-llm RUN=<run dir> | MODEL=<recipe or hub id> [LEADERBOARD=1] [TINY=1] [CHAT=1] [TASKS=a,b] [INCLUDE=dir] [BACKEND=vllm]
 eval-open-llm: install
 	$(PY) scripts/eval_open_llm.py $(if $(RUN),--run $(RUN)) $(if $(RUN),,--model $(MODEL)) \
 		$(if $(LEADERBOARD),--leaderboard) $(if $(TINY),--tiny) $(if $(TASKS),--tasks $(TASKS)) \
-		$(if $(INCLUDE),--include-path $(INCLUDE)) $(if $(BACKEND),--backend $(BACKEND))
+		$(if $(INCLUDE),--include-path $(INCLUDE)) $(if $(BACKEND),--backend $(BACKEND)) $(if $(CHAT),--chat)
 
 # make eval-alpaca RUN=<run dir> | MODEL=<recipe or hub id> JUDGE=<gpt4|llama3-70b> [JUDGE_URL=http://host:port/v1] [ALPACA_SET=file.json]
+#                  [GEN=hf|vllm] [DECODING=greedy|leaderboard] [TP=<tensor-parallel size>]
 JUDGE ?= gpt4
 eval-alpaca: install
 	$(PY) scripts/eval_alpaca.py $(if $(RUN),--run $(RUN),--model $(MODEL)) --judge $(JUDGE) $(if $(JUDGE_URL),--judge-url $(JUDGE_URL)) \
-		$(if $(ALPACA_SET),--alpaca-set $(ALPACA_SET)) $(if $(MAX_NEW_TOKENS),--max-new-tokens $(MAX_NEW_TOKENS))
+		$(if $(ALPACA_SET),--alpaca-set $(ALPACA_SET)) $(if $(MAX_NEW_TOKENS),--max-new-tokens $(MAX_NEW_TOKENS)) \
+		$(if $(GEN),--gen $(GEN)) $(if $(DECODING),--decoding $(DECODING)) $(if $(TP),--tp $(TP))
 
 # make experiment [QUICK=1] [OUT=dir]: SmolLM2 x VADER true reward, every method (evaluation/experiment/)
 experiment: install smollm2
@@ -86,3 +93,6 @@ bench-memory: install smollm2
 
 bench-sharded: install smollm2
 	$(PY) benchmarks/bench_sharded.py
+
+bench-generation: install smollm2
+	$(PY) benchmarks/bench_generation.py

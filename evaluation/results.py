@@ -57,22 +57,21 @@ def _run_scores(run_dir: Path, variant: str = "leaderboard") -> tuple[dict, dict
         "config": config,
     }
     scores, setting = {}, None
-    open_llm = run_dir / "eval" / "open_llm" / "results.json"
-    if open_llm.is_file():
-        results = json.loads(open_llm.read_text())
-        setting = results.get("setting")
-        chosen = VARIANTS[variant]
-        for column, (task, metric) in chosen.items():
-            if metric in results["results"].get(task, {}):
-                scores[column] = 100 * float(results["results"][task][metric])
-        for task, metrics in results["results"].items():
-            spec = ALL_TASKS.get(task)
-            if spec and spec.column not in chosen and spec.metric in metrics:
-                scores[spec.column] = 100 * float(metrics[spec.metric])
+    for open_llm in (
+        run_dir / "eval" / "open_llm" / "results.json",
+        run_dir / "eval" / "open_llm-chat" / "results.json",
+    ):
+        if open_llm.is_file():
+            results = json.loads(open_llm.read_text())
+            scores.update(_open_llm_scores(results, variant))
+            setting = "/".join(filter(None, [setting, results.get("setting")]))
     for result in sorted((run_dir / "eval" / "alpaca").glob("*/result.json")):
         r = json.loads(result.read_text())
         label = r.get("judge_label", r["judge"])
-        scores[f"AlpacaEval ({label})"] = float(r["win_rate"])
+        if r.get("decoding", "greedy") != "greedy":  # sampled outputs: a column of their own
+            label = f"{label}, {r['decoding']} decoding"
+        if r.get("win_rate") is not None:
+            scores[f"AlpacaEval ({label})"] = float(r["win_rate"])
         if r.get("lc_win_rate") is not None:
             scores[f"AlpacaEval LC ({label})"] = float(r["lc_win_rate"])
     return identity, scores, setting
@@ -127,11 +126,27 @@ def collect(outputs: Path, variant: str = "leaderboard") -> list[dict]:
     )
 
 
+def _open_llm_scores(results: dict, variant: str) -> dict[str, float]:
+    """{column: percent} of one lm-eval results file; a chat-template run's columns say "(chat)"."""
+    scores = {}
+    chosen = VARIANTS[variant]
+    for column, (task, metric) in chosen.items():
+        if metric in results["results"].get(task, {}):
+            scores[column] = 100 * float(results["results"][task][metric])
+    for task, metrics in results["results"].items():
+        spec = ALL_TASKS.get(task)
+        if spec and spec.column not in chosen and spec.metric in metrics:
+            scores[spec.column] = 100 * float(metrics[spec.metric])
+    return {f"{c} (chat)": v for c, v in scores.items()} if results.get("chat_template") else scores
+
+
 def _fmt(cell) -> str:
     return "-" if cell is None else format_mean_std(*cell)
 
 
-def write_table(rows: list[dict], out: Path, variant: str = "leaderboard") -> tuple[Path, Path]:
+def write_table(
+    rows: list[dict], out: Path, variant: str = "leaderboard", agreement: list[dict] | None = None
+) -> tuple[Path, Path]:
     alpaca = sorted({c for r in rows for c in r["columns"] if c.startswith("AlpacaEval")})
     extra = sorted({c for r in rows for c in r["columns"]} - set(alpaca) - set(TASK_COLUMNS))
     columns = alpaca + TASK_COLUMNS + extra
@@ -171,9 +186,23 @@ def write_table(rows: list[dict], out: Path, variant: str = "leaderboard") -> tu
             )
     settings = sorted({s for r in rows for s in r["settings"]})
     note = (
-        f"\nOpen LLM tasks: {', '.join(settings) or 'none evaluated'} (zero_shot is the paper's setting); "
+        f"\nOpen LLM tasks: {', '.join(settings) or 'none evaluated'} (zero_shot is the paper's setting; "
+        "columns marked (chat) ran with the model's chat template); "
         f"columns: {variant} ({', '.join(f'{c} = {t} {m.split(chr(44))[0]}' for c, (t, m) in VARIANTS[variant].items())}). "
         "Values in percent; mean ± std over seeds where a configuration ran with several.\n"
     )
-    (out / "table.md").write_text("\n".join(lines) + "\n" + note)
+    (out / "table.md").write_text("\n".join(lines) + "\n" + note + agreement_note(agreement or []))
     return out / "table.md", out / "table.csv"
+
+
+def agreement_note(rows: list[dict]) -> str:
+    """The judges' agreement, under the table (``evaluation.agreement``)."""
+    lines = []
+    for r in rows:
+        rho = "n/a" if r["spearman"] is None else f"{r['spearman']:.2f}"
+        agree = "n/a" if r["agreement"] is None else f"{100 * r['agreement']:.0f}%"
+        lines.append(
+            f"- {r['judges'][0]} vs {r['judges'][1]} ({r['decoding']} decoding): Spearman {rho} over "
+            f"{r['runs']} runs; verdicts agree on {agree} of {r['pairs']} instruction pairs"
+        )
+    return ("\nJudge agreement:\n" + "\n".join(lines) + "\n") if lines else ""

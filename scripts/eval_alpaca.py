@@ -2,6 +2,7 @@
 
 python scripts/eval_alpaca.py --run outputs/tiny-aot_unpaired-sample --judge llama3-70b
 python scripts/eval_alpaca.py --model merlinite --judge gpt4      # the base model's row
+python scripts/eval_alpaca.py --run outputs/... --gen vllm --decoding leaderboard --tp 2
 """
 
 import argparse
@@ -9,7 +10,9 @@ import logging
 import os
 import sys
 
-from evaluation.alpaca import JudgeUnreachable, evaluate
+from evaluation.alpaca import evaluate
+from evaluation.generation import DECODING, ENGINES, VllmMissing
+from evaluation.judging import JudgeUnreachable
 
 
 def main() -> None:
@@ -27,11 +30,26 @@ def main() -> None:
         "--judge-url", default=os.environ.get("JUDGE_URL") or None, help="OpenAI-compatible endpoint"
     )
     p.add_argument("--max-new-tokens", type=int, help="generation length (default 2048)")
+    p.add_argument("--decoding", default="greedy", choices=sorted(DECODING), help="decoding preset")
+    p.add_argument("--gen", default="hf", choices=ENGINES, help="generation engine (vllm: a venv of its own)")
+    p.add_argument("--tp", type=int, default=1, help="vLLM tensor-parallel size")
+    p.add_argument("--no-swap", action="store_true", help="skip the position-swap consistency sample")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        evaluate(a.run, a.judge, a.alpaca_set, a.judge_url, a.max_new_tokens, model=a.model)
-    except JudgeUnreachable as e:
+        evaluate(
+            a.run,
+            a.judge,
+            a.alpaca_set,
+            a.judge_url,
+            a.max_new_tokens,
+            model=a.model,
+            decoding=a.decoding,
+            engine=a.gen,
+            tensor_parallel_size=a.tp,
+            swap=not a.no_swap,
+        )
+    except (JudgeUnreachable, VllmMissing) as e:
         sys.exit(f"error: {e}")
 
 

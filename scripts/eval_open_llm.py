@@ -2,6 +2,7 @@
 
 python scripts/eval_open_llm.py --run outputs/tiny-aot_unpaired-sample
 python scripts/eval_open_llm.py --model merlinite --leaderboard
+python scripts/eval_open_llm.py --run outputs/... --chat      # prompts in the model's chat template
 """
 
 import argparse
@@ -24,6 +25,9 @@ def main() -> None:
     p.add_argument("--batch-size", default="auto")
     p.add_argument("--device")
     p.add_argument("--limit", type=float, help="examples per task (for smoke tests)")
+    p.add_argument(
+        "--chat", action="store_true", help="apply the model's chat template (results in eval/open_llm-chat/)"
+    )
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     evaluate(
@@ -37,6 +41,7 @@ def main() -> None:
         a.batch_size,
         a.device,
         a.limit,
+        chat=a.chat,
     )
 
 

