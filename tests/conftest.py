@@ -35,6 +35,28 @@ def smollm2():
     return ensure_smollm2()
 
 
+@pytest.fixture(scope="session")
+def _trained_tiny_lora(tmp_path_factory, tiny_path):
+    from aot.run import train
+
+    out = tmp_path_factory.mktemp("trained") / "tiny-aot_unpaired-sample"
+    train(
+        compose(f"output_dir={out}", "train.max_steps=3", "train.save_steps=1000", "data.max_test_samples=8")
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, _trained_tiny_lora):
+    """A tiny LoRA run (3 steps), trained once per session; each test module gets its own copy
+    under its own outputs folder, so evaluations written into it never meet another module's."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("outputs") / _trained_tiny_lora.name
+    shutil.copytree(_trained_tiny_lora, out)
+    return out
+
+
 # Parameter updates are compared under SGD, where an update is exactly lr x gradient (Adam's
 # first step would hide a gradient scale error behind its normalisation).
 SGD = [

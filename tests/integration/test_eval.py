@@ -7,10 +7,9 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import REPO, compose
+from conftest import REPO
 from helpers.standin_judge import StandinJudge
 
-from aot.run import train
 from evaluation.alpaca import JudgeUnreachable
 from evaluation.alpaca import evaluate as alpaca
 from evaluation.open_llm import evaluate as open_llm
@@ -27,15 +26,6 @@ INSTRUCTIONS = [
     },
     {"instruction": "Where do bees live?", "output": "Hives.", "generator": "reference", "dataset": "local"},
 ]
-
-
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_path):
-    out = tmp_path_factory.mktemp("outputs") / "tiny-aot_unpaired-sample"
-    train(
-        compose(f"output_dir={out}", "train.max_steps=3", "train.save_steps=1000", "data.max_test_samples=8")
-    )
-    return out
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose
 
-from aot.run import train
 from evaluation.generation import DECODING, GENERATION, VllmMissing, generate, settings_for, vllm_job
 
 pytestmark = pytest.mark.slow
@@ -25,15 +23,6 @@ RECORDS = [
     {"instruction": "Hi?", "output": "Hello.", "generator": "ref", "dataset": "local"},
 ]
 STANDIN = Path(__file__).resolve().parents[1] / "helpers" / "standin_vllm"
-
-
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_path):
-    out = tmp_path_factory.mktemp("outputs") / "tiny-aot_unpaired-sample"
-    train(
-        compose(f"output_dir={out}", "train.max_steps=2", "train.save_steps=1000", "data.max_test_samples=8")
-    )
-    return out
 
 
 def test_presets_say_what_they_reproduce():

@@ -15,10 +15,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import compose
 from helpers.standin_judge import StandinJudge
 
-from aot.run import train
 from evaluation.alpaca import evaluate as alpaca
 
 pytestmark = pytest.mark.slow
@@ -37,15 +35,6 @@ def instruction_set(tmp_path, extra=()):
     path = tmp_path / "alpaca_set.json"
     path.write_text(json.dumps(rows))
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_path):
-    out = tmp_path_factory.mktemp("outputs") / "tiny-aot_unpaired-sample"
-    train(
-        compose(f"output_dir={out}", "train.max_steps=3", "train.save_steps=1000", "data.max_test_samples=8")
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
