@@ -11,41 +11,25 @@ judges stay documented in evaluation/judges/ and docs/evaluation.md.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from evaluation.judge_server import serve
 
 MODEL = "stand-in-judge"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    requests_seen: list = []
+class RuleJudge:
+    """The stand-in's judgement: a fixed rule answering the chat-completions body it is given,
+    served through evaluation.judge_server's HTTP layer like a real model."""
 
-    def log_message(self, *args):  # keep test output quiet
-        pass
+    name = MODEL
 
-    def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def __init__(self):
+        self.requests: list[dict] = []
 
-    def do_GET(self):
-        if self.path.rstrip("/").endswith("/models"):
-            self._send(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
-        else:
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-    def do_POST(self):
-        if not self.path.rstrip("/").endswith("/chat/completions"):
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-            return
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests_seen.append(body)
+    def complete(self, body: dict) -> dict:
+        self.requests.append(body)
         prompt = "\n".join(m["content"] for m in body["messages"] if isinstance(m.get("content"), str))
         blocks = re.findall(r'"""(.*?)"""', prompt, flags=re.S)  # instruction, output 1, output 2
         first_wins = len(blocks) >= 3 and len(blocks[1]) >= len(blocks[2])
@@ -78,31 +62,29 @@ class _Handler(BaseHTTPRequestHandler):
             message["content"] = (
                 f"[{{'model': 'model_1', 'rank': {r1}}}, {{'model': 'model_2', 'rank': {r2}}}]"
             )
-        self._send(
-            200,
-            {
-                "id": "standin",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body.get("model", MODEL),
-                "choices": [choice],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            },
-        )
+        return {
+            "id": "standin",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", MODEL),
+            "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
 
 
 class StandinJudge:
     """``with StandinJudge() as url:`` serves on a free port of 127.0.0.1 and yields its /v1 URL."""
 
+    def __init__(self):
+        self.judge = RuleJudge()
+
     def __enter__(self) -> str:
-        _Handler.requests_seen = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(self.judge, port=0)
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
     @property
     def requests(self) -> list:
-        return _Handler.requests_seen
+        return self.judge.requests
 
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
