@@ -24,5 +24,5 @@ if __name__ == "__main__":
     print(table(summary))
     print(
         f"\nwritten to {out}/ (summary.json, table.md, true_reward_quantiles.png, reward_vs_kl.png) "
-        f"in {summary['wall_seconds']:.0f} s"
+        f"in {summary['invocation_seconds']:.0f} s (stages cached by an earlier start not counted)"
     )
