@@ -3,7 +3,8 @@
 - ``gather_global``: concatenate a 1-D tensor over all ranks, with a gradient (the global OT
   batch of ``aot_loss(gather=True)``);
 - ``decide_on_main``, ``all_gather_objects``, ``barrier``: decisions taken once, on global rank 0,
-  and seen by every rank (``aot.checkpoint``, ``aot.run``).
+  and seen by every rank (``aot.checkpoint``, ``aot.run``);
+- ``shut_down``: the end of a training process (``scripts/train.py``).
 
 Nothing here knows about models, trainers or configs.
 """
@@ -25,6 +26,19 @@ def rank_and_world() -> tuple[int, int]:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def shut_down() -> None:
+    """Wait for every rank, then destroy the default process group: the last call of a process
+    that trained successfully (not after an error, where a peer may never reach the barrier).
+
+    A process that exits with its group alive can abort on the way out: gloo's worker threads
+    outlive the interpreter ("terminate called without an active exception", SIGABRT), which
+    fails a finished run; the barrier also keeps ranks alive until rank 0 has written the run.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_gather_objects(obj) -> list:

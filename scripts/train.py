@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from aot.config import with_default_output_dir
+from aot.distributed import shut_down
 from aot.run import train
 
 
@@ -19,6 +20,7 @@ from aot.run import train
 def main(cfg: DictConfig) -> None:
     logging.getLogger("aot").setLevel(logging.INFO)
     train(with_default_output_dir(cfg, HydraConfig.get().overrides.task))
+    shut_down()
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ import logging
 import sys
 
 from aot.config import compose
+from aot.distributed import shut_down
 from aot.run import train
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for case in sys.argv[1:]:
         train(compose(*json.loads(case)))
+    shut_down()
