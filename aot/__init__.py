@@ -12,7 +12,7 @@ before it (``tests/unit/test_architecture.py``):
     fixtures, models            the tiny and SmolLM2 models; loading
     backends, reference         FSDP2 / ZeRO-3 set-up and what ran; the reference and its sharding
     scoring, precompute, diagnostics
-    checkpoint, preemption, rundir, trainer
+    shards, checkpoint, preemption, rundir, trainer
     build, run                  what a run trains with; one training job
 
 The trainer and the run load transformers, TRL and accelerate: they are imported on first use.

@@ -12,7 +12,7 @@ Rules:
   (trainer state, scheduler). Node-local: the first process of each node writes them to its own
   disk (the Trainer's ``save_on_each_node``, DeepSpeed's ``use_node_local_storage``).
 - **Every rank writes its own shard.** Under FSDP2 a checkpoint is one file per rank
-  (``shard-rank<r>-of-<w>.pt``) with this rank's slice of every trainable parameter and of the
+  (``shard-rank<r>-of-<w>.pt``, ``aot.shards``) with this rank's slice of every trainable parameter and of the
   optimizer state, written in parallel; nothing is gathered. Under ZeRO-3 DeepSpeed's own
   checkpoint does the same. A LoRA checkpoint also gets the whole adapter (a few MB, gathered)
   for evaluation. The final model is gathered once, at the end, in the model's own dtype.
@@ -25,32 +25,23 @@ A sharded checkpoint resumes with the same number of ranks it was written by.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import uuid
 from pathlib import Path
 
 import torch
-from torch.distributed.tensor import DTensor
 from transformers.trainer import SCHEDULER_NAME
 
 from aot.distributed import all_gather_objects, barrier, decide_on_main, is_distributed, rank_and_world
+from aot.shards import CheckpointError, gather_weights, load_shard_optimizer, load_shard_params, save_shard
 
 log = logging.getLogger("aot")
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed as it is, with the rank and file concerned."""
-
-
 def _marker(rank: int) -> str:
     return f".complete-rank{rank:05d}"
-
-
-def shard_name(rank: int, world: int) -> str:
-    return f"shard-rank{rank:05d}-of-{world:05d}.pt"
 
 
 # --- where the run's files live -------------------------------------------------------------------
@@ -138,102 +129,6 @@ def agree_on_checkpoint(out: Path, resume: str) -> str | None:
 def mark_complete(checkpoint_dir: Path) -> None:
     """This rank's last write to a checkpoint."""
     (Path(checkpoint_dir) / _marker(rank_and_world()[0])).touch()
-
-
-# --- FSDP2: one shard file per rank ------------------------------------------------------------------
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def save_shard(model, optimizer, checkpoint_dir: Path) -> Path:
-    """This rank's slice of every trainable parameter and of the optimizer state, in one file."""
-    rank, world = rank_and_world()
-    # clone(): a local shard may view a larger buffer, and torch.save writes a view's whole storage
-    own = lambda t: _local(t).detach().cpu().clone()  # noqa: E731
-    params = {n: own(p) for n, p in model.named_parameters() if p.requires_grad}
-    optim = optimizer.state_dict()
-    optim["state"] = {
-        i: {k: own(v) if torch.is_tensor(v) else v for k, v in s.items()} for i, s in optim["state"].items()
-    }
-    path = Path(checkpoint_dir) / shard_name(rank, world)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"world_size": world, "params": params, "optimizer": optim}, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def _read_shard(checkpoint_dir: Path) -> dict:
-    rank, world = rank_and_world()
-    path = Path(checkpoint_dir) / shard_name(rank, world)
-    if not path.is_file():
-        written = sorted(p.name for p in Path(checkpoint_dir).glob("shard-rank*.pt"))
-        raise CheckpointError(
-            f"{path}: missing. This run has {world} ranks; the checkpoint holds {written or 'no shards'} "
-            "(a sharded checkpoint resumes with the number of ranks that wrote it)"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_shard_params(model, checkpoint_dir: Path) -> None:
-    """Copy this rank's saved slices into the (sharded) trainable parameters of ``model``."""
-    saved = _read_shard(checkpoint_dir)["params"]
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if saved.keys() != trainable.keys():
-        raise CheckpointError(
-            f"{checkpoint_dir}: the shard's parameters differ from the model's "
-            f"({len(saved.keys() - trainable.keys())} extra, {len(trainable.keys() - saved.keys())} missing)"
-        )
-    with torch.no_grad():
-        for name, p in trainable.items():
-            _local(p).copy_(saved[name])
-
-
-def load_shard_optimizer(optimizer, checkpoint_dir: Path) -> None:
-    """Restore the optimizer state saved by this rank, in the layout (DTensor or not) of its parameters."""
-    state = _read_shard(checkpoint_dir)["optimizer"]
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    def placed(value, param):
-        if not (torch.is_tensor(value) and value.dim() > 0 and isinstance(param, DTensor)):
-            return value
-        return DTensor.from_local(
-            value.to(param.device),
-            param.device_mesh,
-            param.placements,
-            shape=param.shape,
-            stride=param.stride(),
-        )
-
-    state["state"] = {i: {k: placed(v, params[i]) for k, v in s.items()} for i, s in state["state"].items()}
-    optimizer.load_state_dict(state)
-
-
-# --- gathering a whole model -----------------------------------------------------------------------
-
-
-def gather_weights(model, trainable_only: bool, dtype: torch.dtype | None = None) -> dict | None:
-    """Whole tensors of an FSDP2-sharded ``model`` (collective, one tensor at a time): the trainable
-    parameters, or the whole state dict, floating tensors cast to ``dtype``. Rank 0 gets the dict
-    (on the CPU), other ranks ``None``."""
-    rank, _ = rank_and_world()
-    named = (
-        [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if trainable_only
-        else list(model.state_dict().items())
-    )
-    out = {}
-    for name, tensor in named:
-        whole = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-        if rank == 0:
-            whole = whole.detach()
-            if dtype is not None and whole.is_floating_point():
-                whole = whole.to(dtype)
-            out[name] = whole.cpu()
-        del whole
-    return out if rank == 0 else None
 
 
 # --- the Trainer side ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ LAYERS = [
     ["aot.fixtures.tiny", "aot.fixtures.smollm2", "aot.fixtures", "aot.models"],
     ["aot.backends", "aot.reference"],
     ["aot.scoring", "aot.precompute", "aot.diagnostics"],
-    ["aot.checkpoint", "aot.preemption", "aot.rundir", "aot.trainer"],
+    ["aot.shards", "aot.checkpoint", "aot.preemption", "aot.rundir", "aot.trainer"],
     ["aot.build", "aot.run"],
 ]
 LAYER = {module: i for i, layer in enumerate(LAYERS) for module in layer}
