@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
+from aot.arguments import loss_kwargs
 from aot.backends import (
     one_device_per_process,
     place_before_sharding,
@@ -17,7 +18,6 @@ from aot.backends import (
     steer_cpu_sharding,
 )
 from aot.batches import PreferenceCollator, tokenize_split
-from aot.config import loss_kwargs
 from aot.data import Split, unpair
 from aot.models import load_models, load_tokenizer, model_path
 from aot.precompute import attach_ref_logps

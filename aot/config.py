@@ -1,30 +1,26 @@
-"""Config -> objects, with nothing loaded: composing recipes, checking them, and the
-``TrainingArguments``, loss options and identity a run is built from.
+"""Recipes composed and checked, and a run's identity, with nothing of the ML stack imported.
 
-Everything here is cheap (``scripts/train.py --cfg job`` territory), so a bad setting fails
-before any model or data is touched. The recipes are package data (``aot.recipes``, the
-checkout's ``recipes/``).
+Everything here is cheap (``scripts/train.py --cfg job`` territory): it imports Hydra, OmegaConf
+and the torch-free registry of names (``aot.names``), never torch, transformers, peft, datasets
+or accelerate (``tests/unit/test_startup.py``), so a bad setting is answered at once, before any
+model or data is touched. The objects a run starts from (``TrainingArguments``, the loss's
+keyword arguments) are built in ``aot.arguments``. The recipes are package data (``aot.recipes``,
+the checkout's ``recipes/``).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from importlib.resources import files
 from pathlib import Path
 
-import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainingArguments
 
-from aot.data import declared_kind
 from aot.files import short_hash
-from aot.losses import aot_loss, check_options
-from aot.methods import METHODS, check_rows
-from aot.sorting import SINKHORN_MAX_N
+from aot.names import DATA_SOURCES, METHOD_NAMES, SINKHORN_MAX_N, check_options, check_rows
 
 
 class ConfigError(ValueError):
@@ -33,6 +29,8 @@ class ConfigError(ValueError):
 
 RECIPES = Path(str(files("aot.recipes")))
 DTYPES = ("float32", "bfloat16", "float16")
+#: set by ``accelerate launch`` to its config's ``mixed_precision`` ("no", "bf16", "fp16", ...)
+LAUNCH_PRECISION = "ACCELERATE_MIXED_PRECISION"
 
 
 # --- composing ------------------------------------------------------------------------------------
@@ -103,14 +101,14 @@ def run_identity(cfg) -> dict:
 
 def check_config(cfg: DictConfig) -> None:
     """Every setting that cannot run, refused with the key and the valid values, before loading."""
-    for check in (_check_loss, _check_model, _check_train, _check_ot_batch, _check_rows):
+    for check in (_check_loss, _check_model, _check_train, _check_precision, _check_ot_batch, _check_rows):
         check(cfg)
 
 
 def _check_loss(cfg: DictConfig) -> None:
     loss = cfg.loss
-    if loss.name not in METHODS:
-        raise ConfigError(f"unknown loss {loss.name!r}; valid: {', '.join(METHODS)}")
+    if loss.name not in METHOD_NAMES:
+        raise ConfigError(f"unknown loss {loss.name!r}; valid: {', '.join(METHOD_NAMES)}")
     aot = loss.name.startswith("aot")
     try:
         check_options(
@@ -157,6 +155,20 @@ def _check_train(cfg: DictConfig) -> None:
         )
 
 
+def _check_precision(cfg: DictConfig) -> None:
+    """``train.bf16`` is auto, true or false; an explicit value must agree with the launch config's
+    ``mixed_precision`` when accelerate launched the run (DeepSpeed refuses the mismatch, FSDP
+    would silently compute in another precision)."""
+    bf16, launched = cfg.train.bf16, os.environ.get(LAUNCH_PRECISION)
+    if bf16 != "auto" and not isinstance(bf16, bool):
+        raise ConfigError(f"train.bf16={bf16!r} is unknown; valid: auto, true, false")
+    if bf16 != "auto" and launched in ("no", "bf16") and bf16 != (launched == "bf16"):
+        raise ConfigError(
+            f"train.bf16={bf16} but the launch config has mixed_precision: {launched}; leave train.bf16=auto "
+            "(it follows the launch config) or launch with --mixed_precision " + ("bf16" if bf16 else "no")
+        )
+
+
 def _check_ot_batch(cfg: DictConfig) -> None:
     method, loss, micro = cfg.loss.name, cfg.loss, cfg.train.per_device_train_batch_size
     if method.startswith("aot") and micro < 2:
@@ -180,8 +192,19 @@ def _check_ot_batch(cfg: DictConfig) -> None:
         )
 
 
+def declared_kind(data_cfg) -> str | None:
+    """The rows a data recipe gives, "paired" or "unpaired", known before loading; ``None`` for
+    local files, whose columns say (``aot.data.detect_kind``)."""
+    if data_cfg.source == "sample":
+        return "unpaired" if data_cfg.view == "unpaired" else "paired"
+    return DATA_SOURCES[data_cfg.source]
+
+
 def _check_rows(cfg: DictConfig) -> None:
-    """Paired-only methods against the rows the data recipe declares (local files: at load)."""
+    """A known ``data.source``; paired-only methods against the rows the data recipe declares
+    (local files: at load)."""
+    if cfg.data.source not in DATA_SOURCES:
+        raise ConfigError(f"data.source={cfg.data.source!r} is unknown; valid: {', '.join(DATA_SOURCES)}")
     kind = declared_kind(cfg.data)
     if kind is not None:
         try:
@@ -195,81 +218,7 @@ def _check_rows(cfg: DictConfig) -> None:
             raise ConfigError(str(e)) from None
 
 
-# --- objects -----------------------------------------------------------------------------------------
-
-
-def use_bf16(cfg: DictConfig) -> bool:
-    """``train.bf16``: auto follows the launch config's ``mixed_precision`` when accelerate launched
-    the run (``$ACCELERATE_MIXED_PRECISION``), else whether a CUDA GPU supports bf16. An explicit
-    value that contradicts the launch config is refused: the run and the launcher must agree
-    (DeepSpeed refuses the mismatch, FSDP would silently compute in another precision)."""
-    bf16, launched = cfg.train.bf16, os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if bf16 == "auto":
-        if launched is not None:
-            return launched == "bf16"
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if launched is not None and launched in ("no", "bf16") and bool(bf16) != (launched == "bf16"):
-        raise ConfigError(
-            f"train.bf16={bf16} but the launch config has mixed_precision: {launched}; leave train.bf16=auto "
-            "(it follows the launch config) or launch with --mixed_precision " + ("bf16" if bf16 else "no")
-        )
-    return bool(bf16)
-
-
-def build_training_args(cfg: DictConfig, output_dir: str | None = None):
-    """``TrainingArguments`` (``KTOConfig`` for kto) from the ``train`` and ``loss`` sections."""
-    check_config(cfg)
-    train = cfg.train
-    common = dict(
-        output_dir=output_dir or cfg.output_dir,
-        seed=cfg.seed,
-        max_steps=train.max_steps,
-        num_train_epochs=train.num_train_epochs,
-        # Two-pass: the dataloader yields ot_batch_size rows, split into micro-batches by the collator.
-        per_device_train_batch_size=cfg.loss.ot_batch_size or train.per_device_train_batch_size,
-        per_device_eval_batch_size=train.per_device_eval_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        learning_rate=train.learning_rate,
-        optim=train.optim,
-        lr_scheduler_type=train.lr_scheduler_type,
-        warmup_steps=train.warmup_steps,
-        weight_decay=train.weight_decay,
-        logging_steps=train.logging_steps,
-        save_steps=train.save_steps,
-        save_total_limit=train.save_total_limit,
-        bf16=use_bf16(cfg),
-        activation_checkpointing=train.gradient_checkpointing,
-        report_to=[] if train.report_to in (None, "none") else train.report_to,
-        use_cpu=not torch.cuda.is_available(),
-        remove_unused_columns=False,
-        disable_tqdm=False,
-    )
-    if cfg.loss.name == "kto":
-        from trl import KTOConfig  # TRL only for the method it trains (its import takes seconds)
-
-        return KTOConfig(
-            **common,
-            beta=cfg.loss.beta,
-            desirable_weight=cfg.loss.desirable_weight,
-            undesirable_weight=cfg.loss.undesirable_weight,
-            max_length=train.max_length,
-            disable_dropout=train.disable_dropout,
-        )
-    return TrainingArguments(**common)
-
-
-def loss_kwargs(cfg: DictConfig) -> dict:
-    """The loss section's values that the method's loss function takes (kto: none of ours)."""
-    if METHODS[cfg.loss.name] is None:
-        return {}
-    fn = (
-        aot_loss if cfg.loss.name.startswith("aot") else METHODS[cfg.loss.name]
-    )  # the AOT wrappers pass them on
-    params = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k in params}
-    if "gather" in params:
-        kwargs["gather"] = cfg.loss.ot_batch == "global"
-    return kwargs
+# --- what a run prints ------------------------------------------------------------------------------
 
 
 def ot_batch_line(cfg, world_size: int) -> str:

@@ -25,6 +25,8 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 
+from aot.names import DATA_SOURCES
+
 PAIRED = ("prompt", "chosen", "rejected")
 UNPAIRED = ("prompt", "completion", "label")
 ROLES = ("system", "user", "assistant")
@@ -210,15 +212,6 @@ def _hub(data_cfg, split: str):
     return datasets.load_dataset(data_cfg.hub_id, split=split)
 
 
-def declared_kind(data_cfg) -> str | None:
-    """The rows a data recipe gives, "paired" or "unpaired", known before loading; ``None`` for
-    local files, whose columns say (``detect_kind``)."""
-    source = data_cfg.source
-    if source == "sample":
-        return "unpaired" if data_cfg.view == "unpaired" else "paired"
-    return {"hub_paired": "paired", "helpsteer": "unpaired", "beavertails": "unpaired"}.get(source)
-
-
 def load_split(data_cfg, which: str) -> Split:
     """Load ``which`` ("train" or "test") as configured by a ``recipes/data/*.yaml`` recipe."""
     source, skip = data_cfg.source, bool(data_cfg.get("skip_invalid", False))
@@ -241,9 +234,7 @@ def load_split(data_cfg, which: str) -> Split:
         rows = to_rows(_hub(data_cfg, split_name), list(data_cfg.attributes))
         split = normalise(rows, which, f"{data_cfg.hub_id}[{split_name}]", skip, "unpaired")
     else:
-        raise DataError(
-            f"unknown data.source {source!r}; valid: sample, local, hub_paired, helpsteer, beavertails"
-        )
+        raise DataError(f"unknown data.source {source!r}; valid: {', '.join(DATA_SOURCES)}")
     limit = data_cfg.get(f"max_{which}_samples")
     if limit:
         split.rows = split.rows[: int(limit)]

@@ -16,16 +16,22 @@ trainers or configs; ``gather=True`` is the one switch that reaches other ranks.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from aot.distributed import gather_global
+from aot.names import (  # noqa: F401  (SORTS, DEFAULT_SORT_STRENGTH: re-exported with the losses)
+    DEFAULT_SORT_STRENGTH,
+    METHOD_NAMES,
+    PENALTY_NAMES,
+    SORTS,
+    TRL_METHODS,
+    check_options,
+)
 from aot.quantiles import quantile_pieces
 from aot.sorting import relative_soft_sort
 
-# --- the one registry of names -------------------------------------------------------------
+# --- the penalties (their names: aot.names) ---------------------------------------------------
 
 
 def _logistic(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -46,56 +52,11 @@ def _least_squares(z: torch.Tensor, eps: float) -> torch.Tensor:
     return (1 - z) ** 2
 
 
-#: penalty name -> h(z, label_smoothing); z = beta * (matched quantile difference)
-PENALTIES = {
-    "logistic": _logistic,
-    "hinge": _hinge,
-    "squared_hinge": _squared_hinge,
-    "least_squares": _least_squares,
-}
-#: sort name -> how the order statistics are taken. "soft" is Blondel et al.'s L2 soft sort (PAV).
-SORTS = {"hard": None, "soft": "pav", "sinkhorn": "sinkhorn"}
-#: default ``sort_strength`` per soft sort. "soft" (PAV) is relative to each sample's mean spacing
-#: (max - min) / (n - 1): neighbouring order statistics further apart than 1 / strength spacings
-#: are pooled (``aot.sorting.relative_soft_sort``), so one default serves rewards near 0 and
-#: margins of tens of nats alike. Sinkhorn's is an entropic regularisation on z-scores squashed
-#: to (0, 1), where neighbouring anchors are 1/n apart.
-DEFAULT_SORT_STRENGTH = {"soft": 1.0, "sinkhorn": 1e-3}
+#: penalty name (``aot.names.PENALTY_NAMES``) -> h(z, label_smoothing): the function ``_<name>`` above
+PENALTIES = {name: globals()[f"_{name}"] for name in PENALTY_NAMES}
 
 
-# --- checks: one place, for the functions below and for the config check ----------------------
-
-
-def check_options(
-    beta,
-    penalty="logistic",
-    label_smoothing=0.0,
-    sort="hard",
-    sort_strength=None,
-    prefix="",
-    smoothing_rule=True,
-) -> None:
-    """Every option of ``aot_loss``, named as the caller names it (``prefix="loss."`` for a
-    config's keys). ``smoothing_rule``: label smoothing only with the logistic penalty (AOT)."""
-    if penalty not in PENALTIES:
-        raise ValueError(f"{prefix}penalty={penalty!r} is unknown; valid: {', '.join(PENALTIES)}")
-    if sort not in SORTS:
-        raise ValueError(f"{prefix}sort={sort!r} is unknown; valid: {', '.join(SORTS)}")
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
-        raise ValueError(f"{prefix}beta must be > 0 (and finite), got {beta!r}")
-    if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 0.5):
-        raise ValueError(f"{prefix}label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
-    if smoothing_rule and label_smoothing and penalty != "logistic":
-        raise ValueError(
-            f"{prefix}label_smoothing={label_smoothing} applies to the logistic penalty only, "
-            f"not {prefix}penalty={penalty}"
-        )
-    if sort_strength is not None and not (
-        isinstance(sort_strength, (int, float)) and math.isfinite(sort_strength) and sort_strength > 0
-    ):
-        raise ValueError(
-            f"{prefix}sort_strength must be > 0 (or null for the default), got {sort_strength!r}"
-        )
+# --- checks: the options' rule is ``aot.names.check_options`` (the config check shares it) ------
 
 
 def check_values(**named: torch.Tensor) -> None:
@@ -229,11 +190,7 @@ def ipo_loss(
     return ((policy_margins - reference_margins - 1 / (2 * beta)) ** 2).mean()
 
 
-#: method name -> loss on (u, v). AOT unpaired takes chosen/rejected rewards; the others take
-#: policy/reference margins (``aot.methods`` says which rows each needs).
-LOSSES = {
-    "aot_unpaired": aot_unpaired_loss,
-    "aot_paired": aot_paired_loss,
-    "dpo": dpo_loss,
-    "ipo": ipo_loss,
-}
+#: method name (``aot.names.METHOD_NAMES``, but TRL's) -> its loss on (u, v): ``<name>_loss`` above.
+#: AOT unpaired takes chosen/rejected rewards; the others take policy/reference margins
+#: (``aot.names.PAIRED_ONLY`` says which rows each needs).
+LOSSES = {name: globals()[f"{name}_loss"] for name in METHOD_NAMES if name not in TRL_METHODS}

@@ -1,19 +1,10 @@
-"""The training methods by name: the loss each trains with and the rows it needs."""
+"""The training methods by name (``aot.names.METHOD_NAMES``): the loss each trains with."""
 
 from __future__ import annotations
 
 from aot.losses import LOSSES
+from aot.names import METHOD_NAMES, PAIRED_ONLY, check_rows  # noqa: F401  (the rows each needs: re-exported)
 
-#: method name -> its loss in ``aot.losses``; ``None``: "kto" trains on TRL's KTOTrainer (its
+#: method name -> its loss in ``aot.losses``; ``None``: kto trains on TRL's KTOTrainer (its
 #: KL estimate needs a forward pass of its own).
-METHODS = {**LOSSES, "kto": None}
-#: methods that compare policy margins with reference margins: rows with chosen and rejected
-#: answers to one prompt
-PAIRED_ONLY = frozenset({"aot_paired", "dpo", "ipo"})
-
-
-def check_rows(method: str, kind: str, source: str) -> None:
-    """The one rule on rows: a paired-only method needs paired rows (``kind`` "paired" or
-    "unpaired", as ``source`` declares or holds them). Raises ``ValueError`` naming both."""
-    if method in PAIRED_ONLY and kind != "paired":
-        raise ValueError(f"loss={method} needs paired rows; {source} is unpaired (use aot_unpaired or kto)")
+METHODS = {name: LOSSES.get(name) for name in METHOD_NAMES}

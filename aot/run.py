@@ -2,7 +2,8 @@
 
 ``scripts/train.py`` (a Hydra app) calls ``train(cfg)``; each step below is a function of its own:
 
-1. ``build_training_args``: every setting checked before anything loads (``aot.config``);
+1. ``build_training_args``: every setting checked before anything loads (``aot.config``), then
+   the ``TrainingArguments`` (``aot.arguments``);
 2. ``_finished_run`` / ``_claim_output_dir``: what ``output_dir`` holds, decided on rank 0;
 3. ``_load_data`` and ``aot.build.build_run``: data, model, tokeniser, trainer (one download per node);
 4. once the Trainer has prepared the model: the reference sharded, what ran described, reference
@@ -23,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments
 
+from aot.arguments import build_training_args
 from aot.backends import (
     check_launch,
     describe,
@@ -32,12 +34,12 @@ from aot.backends import (
 from aot.batches import PreferenceCollator, tokenize_split
 from aot.build import Run, build_run
 from aot.checkpoint import agree_on_checkpoint, output_dir_is_shared, use_node_local_files
-from aot.config import ConfigError, build_training_args, ot_batch_line, run_identity
+from aot.config import ConfigError, ot_batch_line, run_identity
 from aot.data import Split, load_split
 from aot.diagnostics import measure, plot_quantiles, summarise
 from aot.distributed import all_gather_objects, decide_on_main
 from aot.fixtures import FIXTURES
-from aot.methods import check_rows
+from aot.names import check_rows
 from aot.preemption import StopOnSignal
 from aot.rundir import check_run_dir
 

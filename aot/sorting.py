@@ -37,11 +37,9 @@ import math
 
 import torch
 
+from aot.names import SINKHORN_MAX_N  # the largest n Sinkhorn accepts (named there: the config checks it)
+
 SOFT_SORT_METHODS = ("pav", "sinkhorn")
-#: Largest n the Sinkhorn sort accepts: its forward and backward unroll ``n_iter`` O(n^2)
-#: iterations through autograd, and the time grows past what a training step can spend (timings
-#: in docs/benchmarks.md). Above it, PAV (``sort="soft"``) serves.
-SINKHORN_MAX_N = 128
 
 
 def _pav_nonincreasing(y: list[float]) -> tuple[list[float], list[int]]:

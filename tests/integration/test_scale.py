@@ -119,7 +119,7 @@ def test_two_pass_replays_dropout(tmp_path, tiny_path, monkeypatch, replay):
     from the same RNG state (the same masks); without the replay it does not, so the check can fail."""
     import aot.trainer as trainer_module
     from aot.build import build_run
-    from aot.config import build_training_args
+    from aot.arguments import build_training_args
     from aot.data import load_split
 
     cfg = compose(
@@ -278,7 +278,7 @@ def test_one_process_on_a_multi_gpu_node_trains_on_one_device_not_dataparallel(t
     the model in nn.DataParallel, whose replicas would each run the output head on a slice of the
     rows. Simulated here by the n_gpu that TrainingArguments computes on a node with 2 GPUs."""
     from aot.build import build_run
-    from aot.config import build_training_args
+    from aot.arguments import build_training_args
     from aot.data import load_split
 
     cfg = compose(f"output_dir={tmp_path}", "train.per_device_train_batch_size=8")
@@ -294,14 +294,16 @@ def test_one_process_on_a_multi_gpu_node_trains_on_one_device_not_dataparallel(t
     "launched,setting,expected", [("bf16", "auto", True), ("no", "auto", False), ("bf16", "false", None)]
 )
 def test_train_bf16_follows_the_launch_config(monkeypatch, launched, setting, expected):
-    from aot.config import use_bf16
+    from aot.arguments import use_bf16
+    from aot.config import check_config
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
     cfg = compose(f"train.bf16={setting}")
     if expected is None:
         with pytest.raises(ConfigError, match="mixed_precision: bf16"):
-            use_bf16(cfg)
+            check_config(cfg)
     else:
+        check_config(cfg)
         assert use_bf16(cfg) is expected
 
 

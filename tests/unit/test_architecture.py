@@ -12,11 +12,12 @@ import tomllib
 REPO = Path(__file__).resolve().parents[2]
 #: aot's layers, lowest first (aot/__init__.py lists them with what each holds)
 LAYERS = [
-    ["aot.files", "aot.distributed"],
+    ["aot.files", "aot.distributed", "aot.names"],
     ["aot.sorting", "aot.quantiles"],
     ["aot.losses", "aot.metrics", "aot.methods"],
     ["aot.data", "aot.batches", "aot.logps"],
     ["aot.config"],
+    ["aot.arguments"],
     ["aot.fixtures.tiny", "aot.fixtures.smollm2", "aot.fixtures", "aot.models"],
     ["aot.backends", "aot.reference"],
     ["aot.scoring", "aot.precompute", "aot.diagnostics"],

@@ -10,8 +10,10 @@ import sys
 import pytest
 from conftest import RECIPES, REPO, compose
 
-from aot.config import ConfigError, build_training_args, loss_kwargs
-from aot.methods import METHODS, PAIRED_ONLY
+from aot.arguments import build_training_args, loss_kwargs
+from aot.config import ConfigError
+from aot.methods import METHODS
+from aot.names import PAIRED_ONLY
 
 
 def group(name):
@@ -147,6 +149,8 @@ def test_the_cli_reports_an_unknown_name_with_the_choices():
         (["train.resume=/nowhere/checkpoint-5"], "train.resume='/nowhere/checkpoint-5': no checkpoint there"),
         (["model.dtype=float8"], "model.dtype='float8' is unknown; valid: float32, bfloat16, float16"),
         (["train.logps_chunk=-1"], "train.logps_chunk must be a whole number of tokens >= 0"),
+        (["train.bf16=sometimes"], "train.bf16='sometimes' is unknown; valid: auto, true, false"),
+        (["data.source=ftp"], "data.source='ftp' is unknown; valid: sample, local, hub_paired"),
         (
             ["loss.sort=sinkhorn", "train.per_device_train_batch_size=8", "loss.ot_batch_size=256"],
             "loss.sort=sinkhorn sorts 256 values per device, above its limit of 128",
