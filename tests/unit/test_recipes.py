@@ -4,6 +4,7 @@ names and errors stay in step with the registry."""
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -134,29 +135,39 @@ def test_the_cli_reports_an_unknown_name_with_the_choices():
     assert "Available options in 'loss'" in proc.stderr and "aot_unpaired" in proc.stderr
 
 
-@pytest.mark.parametrize(
-    "overrides,expected",
-    [
-        (["loss.penalty=relu"], "loss.penalty='relu' is unknown; valid: logistic, hinge"),
-        (["loss.sort=bitonic"], "loss.sort='bitonic' is unknown; valid: hard, soft, sinkhorn"),
-        (["loss.beta=0"], "loss.beta must be > 0"),
-        (["loss.beta=-0.1"], "loss.beta must be > 0"),
-        (["loss.sort=soft", "loss.sort_strength=0"], "loss.sort_strength must be > 0"),
-        (["loss.label_smoothing=0.5"], r"loss.label_smoothing must be in \[0, 0.5\)"),
-        (["loss.label_smoothing=-0.1"], r"loss.label_smoothing must be in \[0, 0.5\)"),
-        (["loss.label_smoothing=0.1", "loss.penalty=hinge"], "logistic penalty only"),
-        (["train.max_prompt_length=64"], "train.max_prompt_length=64 must be below train.max_length=64"),
-        (["train.resume=/nowhere/checkpoint-5"], "train.resume='/nowhere/checkpoint-5': no checkpoint there"),
-        (["model.dtype=float8"], "model.dtype='float8' is unknown; valid: float32, bfloat16, float16"),
-        (["train.logps_chunk=-1"], "train.logps_chunk must be a whole number of tokens >= 0"),
-        (["train.bf16=sometimes"], "train.bf16='sometimes' is unknown; valid: auto, true, false"),
-        (["data.source=ftp"], "data.source='ftp' is unknown; valid: sample, local, hub_paired"),
-        (
-            ["loss.sort=sinkhorn", "train.per_device_train_batch_size=8", "loss.ot_batch_size=256"],
-            "loss.sort=sinkhorn sorts 256 values per device, above its limit of 128",
-        ),
-    ],
-)
+#: one setting (or a few) per check of ``aot.config.check_config``, and the error it gives
+BAD_SETTINGS = [
+    (["loss.penalty=relu"], "loss.penalty='relu' is unknown; valid: logistic, hinge"),
+    (["loss.sort=bitonic"], "loss.sort='bitonic' is unknown; valid: hard, soft, sinkhorn"),
+    (["loss.beta=0"], "loss.beta must be > 0"),
+    (["loss.beta=-0.1"], "loss.beta must be > 0"),
+    (["loss.sort=soft", "loss.sort_strength=0"], "loss.sort_strength must be > 0"),
+    (["loss.label_smoothing=0.5"], r"loss.label_smoothing must be in \[0, 0.5\)"),
+    (["loss.label_smoothing=-0.1"], r"loss.label_smoothing must be in \[0, 0.5\)"),
+    (["loss.label_smoothing=0.1", "loss.penalty=hinge"], "logistic penalty only"),
+    (["train.max_prompt_length=64"], "train.max_prompt_length=64 must be below train.max_length=64"),
+    (["train.resume=/nowhere/checkpoint-5"], "train.resume='/nowhere/checkpoint-5': no checkpoint there"),
+    (["model.dtype=float8"], "model.dtype='float8' is unknown; valid: float32, bfloat16, float16"),
+    (["train.logps_chunk=-1"], "train.logps_chunk must be a whole number of tokens >= 0"),
+    (["train.bf16=sometimes"], "train.bf16='sometimes' is unknown; valid: auto, true, false"),
+    (["data.source=ftp"], "data.source='ftp' is unknown; valid: sample, local, hub_paired"),
+    (["loss.name=orpo"], "unknown loss 'orpo'; valid: aot_unpaired, aot_paired, dpo, ipo, kto"),
+    (["loss=aot_paired", "train.per_device_train_batch_size=1"], "use a per-device batch of at least 2"),
+    (["loss.ot_batch=world"], "loss.ot_batch must be global or local, got 'world'"),
+    (
+        ["train.per_device_train_batch_size=8", "loss.ot_batch_size=12"],
+        "loss.ot_batch_size=12 must be a multiple of train.per_device_train_batch_size=8",
+    ),
+    (["loss=kto", "train.precompute_ref=true"], "train.precompute_ref is for our trainer"),
+    (["loss=dpo", "data.view=unpaired"], r"loss=dpo needs paired rows; data=sample \(data.view=unpaired\)"),
+    (
+        ["loss.sort=sinkhorn", "train.per_device_train_batch_size=8", "loss.ot_batch_size=256"],
+        "loss.sort=sinkhorn sorts 256 values per device, above its limit of 128",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", BAD_SETTINGS)
 def test_every_bad_setting_is_refused_before_anything_loads(tmp_path, overrides, expected):
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match=expected):
@@ -166,6 +177,52 @@ def test_every_bad_setting_is_refused_before_anything_loads(tmp_path, overrides,
     with pytest.raises(ConfigError, match=expected):  # the run stops before data, model or outputs
         train(compose(f"output_dir={out}", *overrides))
     assert not out.exists()
+
+
+#: run in a fresh interpreter: every recipe combination and every bad setting checked, and the
+#: top-level packages that took
+CHECK_EVERYTHING = """
+import json, sys
+from aot.config import ConfigError, check_config, compose
+errors = []
+for overrides in json.loads(sys.argv[1]):
+    try:
+        check_config(compose(*overrides))
+        errors.append(None)
+    except ConfigError as e:
+        errors.append(str(e))
+print(json.dumps({"errors": errors, "imported": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def test_checking_every_recipe_and_every_bad_setting_imports_no_ml_stack():
+    """Composing and checking (every check made before loading) import none of torch,
+    transformers, peft, datasets, accelerate or TRL (tests/unit/test_startup.py: the CLI)."""
+    combos = list(itertools.product(MODELS, LOSS_NAMES, DATA))
+    cases = [[f"model={m}", f"loss={loss}", f"data={d}"] for m, loss, d in combos]
+    cases += [overrides for overrides, _ in BAD_SETTINGS]
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK_EVERYTHING, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    imported = set(result["imported"])
+    assert {"hydra", "aot"} <= imported
+    assert not imported & {"torch", "transformers", "peft", "datasets", "accelerate", "trl"}
+    for (model, loss, data), error in zip(combos, result["errors"]):
+        refused = loss in PAIRED_ONLY and data in ("helpsteer", "pku")
+        assert (error is not None) == refused and (not refused or "needs paired rows" in error), (
+            model,
+            loss,
+            data,
+            error,
+        )
+    for (overrides, expected), error in zip(BAD_SETTINGS, result["errors"][len(combos) :]):
+        assert error is not None and re.search(expected, error), (overrides, error)
 
 
 def test_label_smoothing_with_the_logistic_penalty_and_dpo_is_accepted(tmp_path):
