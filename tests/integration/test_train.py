@@ -125,17 +125,16 @@ def test_refusals_happen_before_loading(tmp_path):
 
 @pytest.mark.slow
 def test_make_train_entry_point(tmp_path, tiny_path):
+    """The CLI run from a scratch working directory trains into its default output_dir there
+    (outputs/<model>-<loss>-<data>-<hash of the overrides>) and writes nothing else beside it."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    overrides = ["train.max_steps=2", "data.max_test_samples=16"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "scripts/train.py",
-            f"output_dir={tmp_path}",
-            "train.max_steps=2",
-            "data.max_test_samples=16",
-        ],
+        [sys.executable, os.path.join(REPO, "scripts", "train.py"), *overrides],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=cwd,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -143,6 +142,10 @@ def test_make_train_entry_point(tmp_path, tiny_path):
         "eval reward accuracy : 0.000 ->" in proc.stdout and "eval FSD violation   : 1.000 ->" in proc.stdout
     )
     assert "OT batch: 16 = 16 per device x 1 rank x 1" in proc.stdout + proc.stderr
+    out = cwd / compose(*overrides).output_dir
+    assert (out / "metrics.json").is_file() and (out / "train.log").is_file()
+    stray = [p for p in cwd.rglob("*") if p != out and out not in p.parents and p not in out.parents]
+    assert not stray, f"written outside output_dir: {stray}"
 
 
 # --- pieces ------------------------------------------------------------------------------------
