@@ -189,6 +189,14 @@ def _build_and_fit(cfg: DictConfig, args: TrainingArguments, out: Path, shared: 
             lambda: what_ran.update(before=_measure_before(trainer, out, resume is not None, measure_split)),
         )
     )
+    trainer.once_prepared.append(  # the last hook: the first training step follows (docs/training.md)
+        (
+            "start-up time",
+            lambda: log.info(
+                "start-up: %.2f s from train() to the first training step", time.time() - started
+            ),
+        )
+    )
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
     result = trainer.train(resume_from_checkpoint=resume)

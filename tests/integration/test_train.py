@@ -142,6 +142,7 @@ def test_make_train_entry_point(tmp_path, tiny_path):
         "eval reward accuracy : 0.000 ->" in proc.stdout and "eval FSD violation   : 1.000 ->" in proc.stdout
     )
     assert "OT batch: 16 = 16 per device x 1 rank x 1" in proc.stdout + proc.stderr
+    assert "s from train() to the first training step" in proc.stdout  # benchmarks/bench_startup.py
     out = cwd / compose(*overrides).output_dir
     assert (out / "metrics.json").is_file() and (out / "train.log").is_file()
     stray = [p for p in cwd.rglob("*") if p != out and out not in p.parents and p not in out.parents]
