@@ -2,7 +2,8 @@
 
 The paper replaced GPT-4 by Llama-3-70B as judge because it kept GPT-4's ranking of the models;
 these numbers let a user check that on their own runs. For every two judges (their column
-labels, one decoding) that scored at least one common run:
+labels) that scored the same generation (its variant: decoding, engine, length, instruction set)
+of at least one common run:
 
 - ``spearman``: rank correlation of their win rates over the runs both scored (``None`` below 2);
 - ``agreement``: the share of instructions, over every run both judged, where their verdicts
@@ -41,16 +42,16 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 
 def judgings(outputs: Path) -> list[dict]:
-    """Every judging under ``outputs``: run, column label, decoding, win rate, verdicts."""
+    """Every judging under ``outputs``: run, column label, generation variant, win rate, verdicts."""
     found = []
-    for result in sorted(outputs.glob("*/eval/alpaca/*/result.json")):
+    for result in sorted(outputs.glob("*/eval/alpaca/*/outputs-*/result.json")):
         r = json.loads(result.read_text())
         verdicts = result.parent / "verdicts.json"
         found.append(
             {
-                "run": result.parents[3].name,
+                "run": result.parents[4].name,
                 "label": r.get("judge_label", r["judge"]),
-                "decoding": r.get("decoding", "greedy"),
+                "variant": r.get("variant", ""),
                 "win_rate": r.get("win_rate"),
                 "verdicts": json.loads(verdicts.read_text()) if verdicts.is_file() else {},
             }
@@ -59,10 +60,10 @@ def judgings(outputs: Path) -> list[dict]:
 
 
 def judge_agreement(outputs: Path) -> list[dict]:
-    """One row per two judges (and decoding) with a run in common; see the module docstring."""
+    """One row per two judges (and generation variant) with a run in common; see the module docstring."""
     by_judge: dict[tuple, dict] = {}
     for j in judgings(outputs):
-        by_judge.setdefault((j["label"], j["decoding"]), {})[j["run"]] = j
+        by_judge.setdefault((j["label"], j["variant"]), {})[j["run"]] = j
     rows = []
     for (a, da), (b, db) in itertools.combinations(sorted(by_judge), 2):
         if da != db:
@@ -84,7 +85,7 @@ def judge_agreement(outputs: Path) -> list[dict]:
         rows.append(
             {
                 "judges": (a, b),
-                "decoding": da,
+                "variant": da,
                 "runs": len(scored),
                 "spearman": spearman(
                     [by_judge[(a, da)][r]["win_rate"] for r in scored],

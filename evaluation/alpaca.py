@@ -16,9 +16,14 @@ the judge can be trusted.
 3. Judging (``evaluation.judging``): a committed annotator config rendered with the endpoint into
    the run's eval folder (annotations cached per run); the verdicts counted (parsed, failed and
    dropped) and a sample judged again with the answers swapped.
-4. Reported in ``<run>/eval/alpaca/<judge>[-<decoding>]/result.json``: the raw win rate always;
-   the length-controlled one where alpaca_eval can fetch its GLM inputs (from the hub), else
-   marked unavailable with the reason; the decoding; the verdict counts and swap consistency.
+4. Reported in ``<run>/eval/alpaca/<judge>[@<served model>]/outputs-<key>/result.json``, one
+   folder per generation (``<key>``: the outputs file's, ``eval/alpaca/outputs-<key>.jsonl``), so
+   that no engine, decoding, length or instruction set replaces another's result: the raw win
+   rate always; the length-controlled one on the AlpacaEval set where alpaca_eval can fetch its
+   GLM inputs (from the hub), computed on every row (failed verdicts included, as upstream) with
+   each row's own instruction difficulty, else marked unavailable with the reason (a custom
+   ``ALPACA_SET`` never gets one: the difficulties are the AlpacaEval instructions'); the
+   generation settings; the verdict counts and swap consistency.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 
-from evaluation.generation import generate, settings_for
+from evaluation.generation import describe, generate, settings_for
 from evaluation.judging import (
     JudgeUnreachable,
     annotate,
@@ -41,14 +46,18 @@ from evaluation.judging import (
     swap_sample,
     verdicts,
 )
-from evaluation.open_llm import base_run_dir
+from evaluation.runs import base_run_dir, run_config
+from evaluation.vllm_env import vllm_python
 
 HUB_SET = ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")
+#: the instruction set's name in the generation settings when it is the hub file
+ALPACA_EVAL = "alpaca_eval"
 log = logging.getLogger("aot")
 
 
 def load_instruction_set(path: str | None) -> tuple[list[dict], str]:
-    """Records {instruction, output, generator, dataset}; ``output`` is the reference answer."""
+    """(records {instruction, output, generator, dataset}, the set's name: ``ALPACA_EVAL`` for the
+    hub file, else the local file's path); ``output`` is the reference answer."""
     if path:
         source = Path(path)
     else:
@@ -58,15 +67,39 @@ def load_instruction_set(path: str | None) -> tuple[list[dict], str]:
         missing = [k for k in ("instruction", "output") if not isinstance(r.get(k), str) or not r[k].strip()]
         if missing:
             raise ValueError(f"{source}: record {i}: missing or empty {', '.join(missing)}")
-    return records, str(source)
+    return records, str(source) if path else ALPACA_EVAL
 
 
-def judge_folder(judge: str, decoding: str, other_model: str | None) -> str:
-    """Where a judging's annotations are cached: one folder per judge config, decoding, and the
-    model that judged when it is not the configured one (alpaca_eval keys its cache on the pair
-    and the config's name only, so two models must never share a folder)."""
-    name = judge if decoding == "greedy" else f"{judge}-{decoding}"
-    return name if other_model is None else f"{name}@{re.sub(r'[^A-Za-z0-9._-]+', '_', other_model)}"
+def judge_folder(judge: str, other_model: str | None) -> str:
+    """Where a judge's annotations are cached: one folder per judge config and the model that
+    judged when it is not the configured one (alpaca_eval keys its cache on the pair and the
+    config's name only, so two models must never share a folder). Each generation's result goes
+    in a subfolder named after its outputs file."""
+    return judge if other_model is None else f"{judge}@{re.sub(r'[^A-Za-z0-9._-]+', '_', other_model)}"
+
+
+def length_controlled(annotations: list[dict], records: list[dict], instruction_set: str) -> dict:
+    """alpaca_eval's length-controlled win rate of every annotated row (failed verdicts included,
+    as upstream passes them), each row indexed by its instruction's place in the AlpacaEval set:
+    alpaca_eval reads a row's instruction difficulty at that index. ``{"lc_win_rate": None,
+    "lc_unavailable": reason}`` for another instruction set, or when the GLM inputs cannot be
+    fetched."""
+    if instruction_set != ALPACA_EVAL:
+        reason = f"instruction set {instruction_set}: the GLM's instruction difficulties are AlpacaEval's"
+        return {"lc_win_rate": None, "lc_unavailable": reason}
+    try:  # the length-controlled win rate fetches instruction difficulties from the hub
+        import pandas as pd  # optional: the eval extra
+        from alpaca_eval.metrics import get_length_controlled_winrate
+
+        place = {r["instruction"]: i for i, r in enumerate(records)}
+        rows = pd.DataFrame(annotations, index=[place[a["instruction"]] for a in annotations]).sort_index()
+        lc = get_length_controlled_winrate(rows, save_weights_dir=None)
+        return {
+            "lc_win_rate": float(lc["length_controlled_winrate"]),
+            "lc_standard_error": float(lc["lc_standard_error"]),
+        }
+    except Exception as e:  # noqa: BLE001 - any failure here only means "not available"
+        return {"lc_win_rate": None, "lc_unavailable": f"{type(e).__name__}: {str(e)[:200]}"}
 
 
 def judge_outputs(
@@ -80,9 +113,9 @@ def judge_outputs(
 ) -> dict:
     """Judge a run's outputs against the references; the result, with the judge's trust measures."""
     url, model, label = connect(judge, url)
-    decoding = settings.get("decoding", "greedy")
-    folder = run_dir / "eval" / "alpaca" / judge_folder(judge, decoding, model if label != model else None)
-    config = render_judge(judge, url, folder, model)
+    judges = run_dir / "eval" / "alpaca" / judge_folder(judge, model if label != model else None)
+    config = render_judge(judge, url, judges, model)
+    folder = judges / outputs_path.stem  # outputs-<key>: this generation's own result
     outputs = [json.loads(line) for line in outputs_path.read_text().splitlines()]
     outputs = [{k: v for k, v in o.items() if k != "index"} for o in outputs]
     row, preferences, annotations = annotate(config, outputs, records, folder, run_dir.name)
@@ -91,8 +124,10 @@ def judge_outputs(
         "judge_label": label,
         "judge_model": model,
         "url": url,
-        "decoding": decoding,
-        "generation": {k: v for k, v in settings.items() if k != "instruction_set"},
+        "decoding": settings.get("decoding", "greedy"),
+        "variant": describe(settings),
+        "outputs": outputs_path.name,
+        "generation": settings,
         "win_rate": None if row["win_rate"] is None else float(row["win_rate"]),
         "standard_error": None if row["standard_error"] is None else float(row["standard_error"]),
         "n_total": int(row["n_total"]),
@@ -106,14 +141,7 @@ def judge_outputs(
         swapped_refs = [outputs[i] for i in sample]
         _, swapped, _ = annotate(config, swapped_outputs, swapped_refs, folder / "swapped", "swapped")
         result["swap"] = swap_consistency(preferences, swapped, len(sample))
-    try:  # the length-controlled win rate fetches instruction difficulties from the hub
-        from alpaca_eval.metrics import get_length_controlled_winrate  # optional: the eval extra
-
-        lc = get_length_controlled_winrate(annotations, save_weights_dir=None)
-        result["lc_win_rate"] = float(lc["length_controlled_winrate"])
-    except Exception as e:  # noqa: BLE001 - any failure here only means "not available"
-        result["lc_win_rate"] = None
-        result["lc_unavailable"] = f"{type(e).__name__}: {str(e)[:200]}"
+    result.update(length_controlled(annotations, records, settings.get("instruction_set", ALPACA_EVAL)))
     (folder / "verdicts.json").write_text(json.dumps(preferences, indent=1) + "\n")
     (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -139,9 +167,10 @@ def evaluate(
     if model:
         run = str(base_run_dir(model, outputs))
     run_dir = Path(run)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir}/config.yaml: not a run directory (make train writes it)")
+    run_config(run_dir)  # not a run directory: a clear error before anything loads
     judge_config(judge)  # unknown judge: fail before generating
+    if engine == "vllm":
+        vllm_python()  # a missing vLLM: said before the instruction set is fetched
     records, source = load_instruction_set(alpaca_set)
     extra = {"tensor_parallel_size": tensor_parallel_size} if engine == "vllm" else {}
     settings = settings_for(decoding, engine, max_new_tokens, instruction_set=source, **extra)

@@ -58,8 +58,11 @@ def render_judge(judge: str, url: str | None, folder: Path, model: str | None = 
         cfg["prompt_template"] = str(package_configs / cfg["prompt_template"])
         if model:
             cfg["completions_kwargs"]["model_name"] = model
-        if url:
-            cfg["completions_kwargs"].setdefault("client_kwargs", {})["base_url"] = url
+        if url:  # alpaca_eval's own argument for the endpoint, which $OPENAI_API_BASE defaults (a
+            # base_url in client_kwargs as well would reach openai.OpenAI twice: a TypeError), and
+            # no client config file ($OPENAI_CLIENT_CONFIG_PATH), whose endpoints would win
+            cfg["completions_kwargs"]["openai_api_base"] = url
+            cfg["completions_kwargs"]["client_config_path"] = str(folder / "no-client-config")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "configs.yaml").write_text(yaml.safe_dump(configs))
     return folder / "configs.yaml"
@@ -123,7 +126,8 @@ def annotate(config: Path, outputs: list[dict], references: list[dict], folder: 
     Returns (metrics, {instruction: preference}, annotations). A preference is in [1, 2]: 1
     prefers the reference, 2 the output; verdicts that did not parse are missing, and the metrics
     (``win_rate`` etc., alpaca_eval's ``get_winrate``) cover the parsed ones (``None`` when none
-    parsed: a weak judge may parse none, and then there is no win rate to report)."""
+    parsed: a weak judge may parse none, and then there is no win rate to report). The
+    annotations are every pair's, parsed or not (the length-controlled win rate takes them all)."""
     import pandas as pd  # optional: the eval extra (pinned below 3 for alpaca_eval)
     from alpaca_eval.annotators import PairwiseAnnotator
     from alpaca_eval.metrics import get_winrate
@@ -145,7 +149,7 @@ def annotate(config: Path, outputs: list[dict], references: list[dict], folder: 
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([{"generator": name, **metrics}]).set_index("generator").to_csv(folder / "leaderboard.csv")
     (folder / "annotations.json").write_text(json.dumps(annotations, indent=1, default=str) + "\n")
-    return metrics, preferences, parsed
+    return metrics, preferences, annotations
 
 
 def verdicts(requested: int, preferences: dict) -> dict:

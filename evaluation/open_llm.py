@@ -4,13 +4,19 @@
     make eval-open-llm MODEL=merlinite            # the base model: outputs/merlinite-base/ (a row of its own)
     make eval-open-llm RUN=... LEADERBOARD=1      # Open LLM Leaderboard v1 shot counts
     make eval-open-llm RUN=... TINY=1             # tinyBenchmarks, for quick feedback
-    make eval-open-llm RUN=... CHAT=1             # prompts in the model's chat template
+    make eval-open-llm RUN=... CHAT=1             # prompts in the run's chat template
+    make eval-open-llm RUN=... BACKEND=vllm       # lm-eval's vLLM backend, in vLLM's own Python
 
-A LoRA run is evaluated as base + adapter (lm-eval's ``peft=``), a full run from its directory.
-Runs of the offline fixtures (tiny, smollm2) default to the bundled local task ``aot_tiny_qa``
-(the real tasks download from the hub). Writes lm-eval's results JSON and a one-line summary into
-``<run>/eval/open_llm/``, or ``<run>/eval/open_llm-chat/`` with ``CHAT=1``: lm-eval's
-``apply_chat_template`` (few-shot examples as turns of the conversation). Applying a chat template
+A LoRA run is evaluated as base + adapter (lm-eval's ``peft=``; vLLM: ``lora_local_path`` with
+the smallest ``max_lora_rank`` vLLM accepts), a full run from its directory. Runs of the offline
+fixtures (tiny, smollm2) default to the bundled local task ``aot_tiny_qa`` (the real tasks
+download from the hub). Every setting has its own folder, ``<run>/eval/open_llm/<setting>/``
+(``zero_shot``, ``leaderboard_v1_shots``, ``tiny_irt_estimate`` or ``tiny_raw_accuracy``, then
+``+chat``, ``+vllm``, ``+limit<N>`` where they apply), holding lm-eval's results JSON and a
+one-line summary; a ``TASKS=`` run adds its tasks to its setting's file, so that no run replaces
+another setting's numbers. ``CHAT=1``: lm-eval's ``apply_chat_template`` (few-shot examples as
+turns of the conversation) with the run's own tokenizer and chat template (the recipe's fallback
+where the model ships none), the one its answers are generated with. Applying a chat template
 moves scores a lot (Llama-3-8B-Instruct's MMLU fell from 0.674 to 0.407 in one report), so the
 paper's plain 0-shot stays the default and the two never share a results column.
 """
@@ -25,12 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
-from omegaconf import OmegaConf
 
-from aot.config import RECIPES
 from aot.fixtures import FIXTURES
-from aot.models import model_path
+from evaluation.runs import base_run_dir, run_config, run_tokenizer
+from evaluation.vllm_env import adapter_rank, max_lora_rank, run_worker, vllm_python
 
 LOCAL_TASKS = Path(__file__).parent / "tasks"
 log = logging.getLogger("aot")
@@ -61,11 +65,9 @@ TINY = (
     Task("tinyGSM8k", "GSM8K", "exact_match,strict-match", 5),
 )
 # tinyBenchmarks' IRT estimator (the `tinyBenchmarks` package) is only on GitHub. Without it the
-# tiny subsets run as <task>_raw: the same data and shots, aggregated by the plain mean, and
-# labelled as raw accuracy on the tiny subset (not an estimate of the full benchmark).
-TINY_RAW = tuple(
-    Task(f"{t.name}_raw", f"{t.column} (tiny subset, raw)", t.metric, t.leaderboard_shots) for t in TINY
-)
+# tiny subsets run as <task>_raw: the same data and shots, aggregated by the plain mean, recorded
+# under the setting tiny_raw_accuracy (its columns say "tiny subset, raw": never the full benchmark).
+TINY_RAW = tuple(Task(f"{t.name}_raw", t.column, t.metric, t.leaderboard_shots) for t in TINY)
 BUNDLED = (Task("aot_tiny_qa", "TinyQA", "acc,none", 0),)
 # Every variant a paper row might mean is run and recorded: ARC Challenge and Easy (acc and
 # acc_norm), HellaSwag (acc and acc_norm), GSM8K (strict and flexible match) all land in
@@ -107,61 +109,56 @@ class Target:
     out_dir: Path
     label: str
     tiny: bool
+    run_dir: Path
 
 
 def resolve_target(
     run: str | None, model: str | None, dtype: str = "auto", outputs: str | Path = "outputs"
 ) -> Target:
-    """A run directory (LoRA adapter on its base, or a full model), or a recipe name / hub id."""
+    """A run directory (LoRA adapter on its base, or a full model), or a recipe name / hub id
+    (``outputs/<id>-base/``, ``evaluation.runs.base_run_dir``). ``out_dir`` holds one folder per
+    setting."""
     if bool(run) == bool(model):
         raise ValueError("give exactly one of RUN=<run dir> or MODEL=<recipe or hub id>")
-    if run:
-        run_dir = Path(run)
-        config = run_dir / "config.yaml"
-        if not config.is_file():
-            raise FileNotFoundError(f"{config}: not a run directory (make train writes config.yaml there)")
-        cfg = yaml.safe_load(config.read_text())
-        base = cfg["model"]["name_or_path"]
-        if (run_dir / "adapter_config.json").is_file():
-            args = {"pretrained": base, "peft": str(run_dir)}
-        else:
-            args = {"pretrained": str(run_dir)}
-        return Target(
-            {**args, "dtype": dtype},
-            run_dir / "eval" / "open_llm",
-            run_dir.name,
-            cfg["model"]["id"] in OFFLINE_FIXTURES,
-        )
-    run_dir = base_run_dir(model, outputs)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    model_id, path = cfg["model"]["id"], cfg["model"]["name_or_path"]
-    return Target(
-        {"pretrained": path, "dtype": dtype}, run_dir / "eval" / "open_llm", run_dir.name, model_id == "tiny"
+    run_dir = Path(run) if run else base_run_dir(model, outputs)
+    cfg = run_config(run_dir)
+    base = cfg["model"]["name_or_path"]
+    if (run_dir / "adapter_config.json").is_file():
+        args = {"pretrained": base, "peft": str(run_dir)}
+    elif cfg.get("loss", {}).get("name") == "base":
+        args = {"pretrained": base}
+    else:
+        args = {"pretrained": str(run_dir)}
+    tiny = cfg["model"]["id"] in (OFFLINE_FIXTURES if run else ("tiny",))
+    return Target({**args, "dtype": dtype}, run_dir / "eval" / "open_llm", run_dir.name, tiny, run_dir)
+
+
+def setting_name(leaderboard: bool, tiny: bool, raw_tiny: bool, chat: bool, backend: str, limit) -> str:
+    """The setting a run of lm-eval is recorded under: its folder, and its table columns."""
+    name = (
+        ("tiny_raw_accuracy" if raw_tiny else "tiny_irt_estimate")
+        if tiny
+        else "leaderboard_v1_shots"
+        if leaderboard
+        else "zero_shot"
     )
+    extras = (["chat"] if chat else []) + ([backend] if backend != "hf" else [])
+    extras += [f"limit{limit:g}"] if limit else []
+    return "+".join([name, *extras])
 
 
-def base_run_dir(model: str, outputs: str | Path = "outputs") -> Path:
-    """``outputs/<id>-base/`` for a base model (a recipe name, hub id or local directory), with a
-    config.yaml like a run's (model id, path, the recipe's fallback chat template, loss "base"),
-    so that it gets evaluated and tabled like any run."""
-    recipe = RECIPES / "model" / f"{model}.yaml"
-    template = None
-    if recipe.is_file():
-        spec = yaml.safe_load(recipe.read_text())["model"]
-        model_id, path, template = model, spec["name_or_path"], spec.get("chat_template")
-        if path in FIXTURES:  # the offline fixtures, built or converted on first use
-            path = model_path(OmegaConf.create({"model": {"name_or_path": path}}))
-    else:  # a hub id or a local directory
-        model_id, path = model.rstrip("/").split("/")[-1], model
-    run_dir = Path(outputs) / f"{model_id}-base"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model": {"id": model_id, "name_or_path": path, "chat_template": template},
-        "loss": {"name": "base"},
-        "seed": None,
-    }
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    return run_dir
+def backend_args(target: Target, backend: str, chat: bool, folder: Path) -> dict:
+    """lm-eval's model_args. ``chat``: the run's tokenizer with its template, saved in ``folder``
+    (lm-eval would load the base model's from ``pretrained``). vLLM: the adapter as
+    ``lora_local_path`` with a ``max_lora_rank`` vLLM accepts (lm-eval's default is 16)."""
+    args = dict(target.model_args)
+    if chat:
+        run_tokenizer(target.run_dir).save_pretrained(folder / "chat_tokenizer")
+        args["tokenizer"] = str(folder / "chat_tokenizer")
+    if backend == "vllm" and "peft" in args:
+        args["lora_local_path"] = args.pop("peft")
+        args["max_lora_rank"] = max_lora_rank(adapter_rank(args["lora_local_path"]))
+    return args
 
 
 def task_plan(
@@ -212,59 +209,48 @@ def evaluate(
     outputs: str | Path = "outputs",
     chat: bool = False,
 ) -> dict:
-    import lm_eval  # optional: the eval extra
-    from lm_eval.tasks import TaskManager
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """lm-eval on the planned tasks; the results, also written to the setting's folder (merged
+    with the tasks an earlier run of the same setting recorded there)."""
     target = resolve_target(run, model, outputs=outputs)
-    if chat:
-        target.out_dir = target.out_dir.with_name("open_llm-chat")
+    python = vllm_python(("vllm", "lm_eval")) if backend == "vllm" else None  # before anything loads
     raw_tiny = tiny and not tiny_estimator_available()
+    setting = setting_name(leaderboard, tiny, raw_tiny, chat, backend, limit)
+    folder = target.out_dir / setting
+    folder.mkdir(parents=True, exist_ok=True)
     includes = [str(LOCAL_TASKS)] + ([include_path] if include_path else [])
     if raw_tiny:
         log.warning(
             "tinyBenchmarks (its IRT estimator) is not installed, and it is only on GitHub: reporting the "
             "tiny subsets' RAW accuracy (<task>_raw), not an estimate of the full benchmarks"
         )
-        includes.append(str(raw_tiny_tasks(target.out_dir / "tiny_raw_tasks")))
+        includes.append(str(raw_tiny_tasks(folder / "tiny_raw_tasks")))
     plan = task_plan(target, tasks, leaderboard, tiny, raw_tiny)
-    manager = TaskManager(include_path=includes)
-    if backend == "vllm":
-        target.model_args = {**target.model_args}
-        if "peft" in target.model_args:  # vLLM takes a LoRA adapter as lora_local_path
-            target.model_args["lora_local_path"] = target.model_args.pop("peft")
-    merged: dict = {"results": {}, "configs": {}, "n-shot": {}, "versions": {}}
+    model_args = backend_args(target, backend, chat, folder)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = folder / "results.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    for key in ("results", "configs", "n-shot", "versions"):
+        merged.setdefault(key, {})
     for names, shots in plan:
-        log.info("lm-eval %s: %s, %d-shot", target.label, ",".join(names), shots)
-        out = lm_eval.simple_evaluate(
-            model=backend,
-            model_args=target.model_args,
-            tasks=names,
-            num_fewshot=shots,
-            batch_size=batch_size,
-            device=device,
-            task_manager=manager,
-            limit=limit,
-            log_samples=False,
-            apply_chat_template=chat,
-            fewshot_as_multiturn=chat and shots > 0,
-        )
-        for key in merged:
+        log.info("lm-eval %s: %s, %d-shot (%s)", target.label, ",".join(names), shots, setting)
+        job = dict(model=backend, model_args=model_args, tasks=names, num_fewshot=shots, batch_size=batch_size,
+                   device=device, limit=limit, log_samples=False, apply_chat_template=chat,
+                   fewshot_as_multiturn=chat and shots > 0)  # fmt: skip
+        if python:  # lm-eval's vLLM backend imports vLLM: it runs in vLLM's Python
+            job["include_path"] = includes
+            out = json.loads(run_worker(python, "evaluation.lm_eval_worker", job, folder / f"job-{shots}.json",
+                                        folder / f"out-{shots}.json").read_text())  # fmt: skip
+        else:
+            import lm_eval  # optional: the eval extra
+            from lm_eval.tasks import TaskManager
+
+            out = lm_eval.simple_evaluate(**job, task_manager=TaskManager(include_path=includes))
+        for key in ("results", "configs", "n-shot", "versions"):
             merged[key].update(out.get(key, {}))
         merged["config"] = out.get("config", {})
-    merged["setting"] = (
-        ("tiny_raw_accuracy" if raw_tiny else "tiny_irt_estimate")
-        if tiny
-        else "leaderboard_v1_shots"
-        if leaderboard
-        else "zero_shot"
-    )
-    merged["setting"] += "+chat" if chat else ""
-    merged["chat_template"] = chat
-    merged["model_args"] = target.model_args
-    target.out_dir.mkdir(parents=True, exist_ok=True)
-    (target.out_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
+    merged.update(setting=setting, chat_template=chat, backend=backend, limit=limit, model_args=model_args)
+    path.write_text(json.dumps(merged, indent=2, default=str) + "\n")
     line = summary_line(merged["results"])
-    (target.out_dir / "summary.txt").write_text(f"{merged['setting']}: {line}\n")
-    print(f"{target.label} ({merged['setting']}): {line}\nwrote {target.out_dir}/results.json")
+    (folder / "summary.txt").write_text(f"{setting}: {line}\n")
+    print(f"{target.label} ({setting}): {line}\nwrote {path}")
     return merged

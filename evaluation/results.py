@@ -2,7 +2,8 @@
 
     make results            # writes results/table.md and results/table.csv
 
-One row per run configuration, columns AlpacaEval (one per judge model) and the Open LLM tasks.
+One row per run configuration, columns AlpacaEval (one per judge model and generation) and the
+Open LLM tasks (one per setting: the paper's 0-shot unmarked, others marked, e.g. "ARC (chat)").
 A row's identity is the run's whole resolved config except ``seed``, ``output_dir`` and
 ``train.resume``: runs that differ in nothing else are merged into mean +- std over seeds (the
 paper's Table 10); runs that differ in anything (learning rate, batch size, LoRA rank, steps,
@@ -56,24 +57,19 @@ def _run_scores(run_dir: Path, variant: str = "leaderboard") -> tuple[dict, dict
         "data": (cfg.get("data") or {}).get("name", "-"),
         "config": config,
     }
-    scores, setting = {}, None
-    for open_llm in (
-        run_dir / "eval" / "open_llm" / "results.json",
-        run_dir / "eval" / "open_llm-chat" / "results.json",
-    ):
-        if open_llm.is_file():
-            results = json.loads(open_llm.read_text())
-            scores.update(_open_llm_scores(results, variant))
-            setting = "/".join(filter(None, [setting, results.get("setting")]))
-    for result in sorted((run_dir / "eval" / "alpaca").glob("*/result.json")):
+    scores, settings = {}, []
+    for open_llm in sorted((run_dir / "eval" / "open_llm").glob("*/results.json")):
+        results = json.loads(open_llm.read_text())
+        scores.update(_open_llm_scores(results, variant))
+        settings.append(results.get("setting", open_llm.parent.name))
+    for result in sorted((run_dir / "eval" / "alpaca").glob("*/outputs-*/result.json")):
         r = json.loads(result.read_text())
-        label = r.get("judge_label", r["judge"])
-        if r.get("decoding", "greedy") != "greedy":  # sampled outputs: a column of their own
-            label = f"{label}, {r['decoding']} decoding"
+        label = ", ".join(filter(None, [r.get("judge_label", r["judge"]), r.get("variant")]))
         if r.get("win_rate") is not None:
             scores[f"AlpacaEval ({label})"] = float(r["win_rate"])
         if r.get("lc_win_rate") is not None:
             scores[f"AlpacaEval LC ({label})"] = float(r["lc_win_rate"])
+    setting = "/".join(settings) or None
     return identity, scores, setting
 
 
@@ -126,8 +122,25 @@ def collect(outputs: Path, variant: str = "leaderboard") -> list[dict]:
     )
 
 
+VARIANT_TASKS = {task for columns in VARIANTS.values() for task, _ in columns.values()}
+#: how a setting's columns are marked (zero_shot, the paper's, is unmarked)
+SETTING_LABELS = {
+    "zero_shot": None,
+    "leaderboard_v1_shots": "leaderboard shots",
+    "tiny_irt_estimate": "tiny, IRT estimate",
+    "tiny_raw_accuracy": "tiny subset, raw",
+}
+
+
+def setting_label(setting: str) -> str:
+    """``"tiny subset, raw, chat"`` for ``tiny_raw_accuracy+chat``; ``""`` for ``zero_shot``."""
+    name, *extras = setting.split("+")
+    return ", ".join(filter(None, [SETTING_LABELS.get(name, name), *extras]))
+
+
 def _open_llm_scores(results: dict, variant: str) -> dict[str, float]:
-    """{column: percent} of one lm-eval results file; a chat-template run's columns say "(chat)"."""
+    """{column: percent} of one lm-eval results file; columns of any setting but the paper's plain
+    0-shot are marked with it ("ARC (leaderboard shots)", "ARC (chat)", ...)."""
     scores = {}
     chosen = VARIANTS[variant]
     for column, (task, metric) in chosen.items():
@@ -135,9 +148,12 @@ def _open_llm_scores(results: dict, variant: str) -> dict[str, float]:
             scores[column] = 100 * float(results["results"][task][metric])
     for task, metrics in results["results"].items():
         spec = ALL_TASKS.get(task)
-        if spec and spec.column not in chosen and spec.metric in metrics:
+        # a column the variant fills from its chosen task (ARC: arc_challenge or arc_easy) is not
+        # filled again by the other; the tiny tasks fill it in their own setting's column
+        if spec and spec.metric in metrics and (spec.column not in chosen or task not in VARIANT_TASKS):
             scores[spec.column] = 100 * float(metrics[spec.metric])
-    return {f"{c} (chat)": v for c, v in scores.items()} if results.get("chat_template") else scores
+    label = setting_label(results.get("setting", "zero_shot"))
+    return {f"{c} ({label})": v for c, v in scores.items()} if label else scores
 
 
 def _fmt(cell) -> str:
@@ -187,7 +203,7 @@ def write_table(
     settings = sorted({s for r in rows for s in r["settings"]})
     note = (
         f"\nOpen LLM tasks: {', '.join(settings) or 'none evaluated'} (zero_shot is the paper's setting; "
-        "columns marked (chat) ran with the model's chat template); "
+        "columns marked (chat) ran with the model's chat template, others name their setting); "
         f"columns: {variant} ({', '.join(f'{c} = {t} {m.split(chr(44))[0]}' for c, (t, m) in VARIANTS[variant].items())}). "
         "Values in percent; mean ± std over seeds where a configuration ran with several.\n"
     )
@@ -202,7 +218,7 @@ def agreement_note(rows: list[dict]) -> str:
         rho = "n/a" if r["spearman"] is None else f"{r['spearman']:.2f}"
         agree = "n/a" if r["agreement"] is None else f"{100 * r['agreement']:.0f}%"
         lines.append(
-            f"- {r['judges'][0]} vs {r['judges'][1]} ({r['decoding']} decoding): Spearman {rho} over "
+            f"- {r['judges'][0]} vs {r['judges'][1]}{' (' + r['variant'] + ')' if r['variant'] else ''}: Spearman {rho} over "
             f"{r['runs']} runs; verdicts agree on {agree} of {r['pairs']} instruction pairs"
         )
     return ("\nJudge agreement:\n" + "\n".join(lines) + "\n") if lines else ""

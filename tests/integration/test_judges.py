@@ -27,10 +27,14 @@ INSTRUCTIONS = [
 ]
 
 
-def instruction_set(tmp_path, extra=()):
+#: what the real (slow, 135M) judge judges: two pairs and the same two swapped, in each format
+REAL = INSTRUCTIONS[:2]
+
+
+def instruction_set(tmp_path, extra=(), rows=INSTRUCTIONS):
     rows = [
         {"instruction": q, "output": a, "generator": "reference", "dataset": "local"}
-        for q, a in [*INSTRUCTIONS, *extra]
+        for q, a in [*rows, *extra]
     ]
     path = tmp_path / "alpaca_set.json"
     path.write_text(json.dumps(rows))
@@ -68,18 +72,27 @@ def real_judge(smollm2, judge_log):
 @pytest.mark.parametrize("judge", ["gpt4", "llama3-70b"])
 def test_a_real_model_judges_through_both_formats(lora_run, real_judge, judge_log, tmp_path, judge, capsys):
     judge_log.unlink(missing_ok=True)
-    result = alpaca(str(lora_run), judge, instruction_set(tmp_path), real_judge, max_new_tokens=16)
+    result = alpaca(str(lora_run), judge, instruction_set(tmp_path, rows=REAL), real_judge, max_new_tokens=16)
     out = capsys.readouterr().out
     assert (
         result["judge_label"] == f"smollm2-135m-instruct [{judge} prompt]"
     )  # never passes for the named judge
     v = result["verdicts"]
-    assert v["requested"] == 3 and v["parsed"] + v["failed_dropped"] == 3 and result["n_total"] == v["parsed"]
+    assert (
+        v["requested"] == len(REAL)
+        and v["parsed"] + v["failed_dropped"] == len(REAL)
+        and result["n_total"] == v["parsed"]
+    )
+    # its own cache, not the named judge's; the result of this generation in a folder of its own
     folder = (
-        lora_run / "eval" / "alpaca" / f"{judge}@smollm2-135m-instruct"
-    )  # its own cache: not the named judge's
+        lora_run
+        / "eval"
+        / "alpaca"
+        / f"{judge}@smollm2-135m-instruct"
+        / result["outputs"].removesuffix(".jsonl")
+    )
     annotations = json.loads((folder / "annotations.json").read_text())
-    assert len(annotations) == 3  # every pair kept, its verdict parsed or not
+    assert len(annotations) == len(REAL)  # every pair kept, its verdict parsed or not
     parsed = [a for a in annotations if a["preference"] not in (None, "None")]
     assert len(parsed) == v["parsed"]
     if judge == "gpt4":  # one token; the preference comes from the model's real top-5 log-probs
@@ -88,8 +101,8 @@ def test_a_real_model_judges_through_both_formats(lora_run, real_judge, judge_lo
         )
     answers = [json.loads(line) for line in judge_log.read_text().splitlines()]
     # The model read the judge prompt, in its chat template, for every pair and every swapped pair.
-    assert len(answers) == 3 + result["swap"]["requested"]
-    for question, reference in INSTRUCTIONS:
+    assert len(answers) == len(REAL) + result["swap"]["requested"]
+    for question, reference in REAL:
         assert (
             sum(
                 question in a["messages"][-1]["content"] and reference in a["messages"][-1]["content"]
@@ -105,7 +118,7 @@ def test_a_real_model_judges_through_both_formats(lora_run, real_judge, judge_lo
         assert 0 <= result["win_rate"] <= 100
     else:  # nothing parsed: no win rate to report, and the report says so
         assert result["win_rate"] is None and "win rate: none: no verdict parsed" in out
-    assert f"verdicts parsed {v['parsed']}/3 ({v['failed_dropped']} failed, dropped)" in out
+    assert f"verdicts parsed {v['parsed']}/{len(REAL)} ({v['failed_dropped']} failed, dropped)" in out
     assert json.loads((folder / "result.json").read_text())["verdicts"] == v
 
 
