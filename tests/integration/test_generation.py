@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, compose
+from conftest import RECIPES, REPO, compose
 
 from evaluation.generation import DECODING, GENERATION, describe, generate, settings_for, vllm_job
 from evaluation.runs import prompt_ids, run_tokenizer
@@ -137,6 +137,33 @@ def llama_style_smollm2(smollm2, tmp_path_factory):
     }
     (base / "tokenizer.json").write_text(json.dumps(spec))
     return base
+
+
+@pytest.mark.parametrize("recipe", ["tiny", "smollm2", "merlinite"])
+def test_each_offline_template_gives_the_engine_one_bos(recipe, tiny_path, llama_style_smollm2, tmp_path):
+    """The recipes whose template is here offline: the tiny model's, SmolLM2's ChatML (its first
+    token is its BOS), Merlinite's fallback (``{{ bos_token }}``), the latter two on a tokenizer
+    that adds a BOS of its own when asked. The vLLM job holds the HF path's ids, one BOS each."""
+    spec = yaml.safe_load((RECIPES / "model" / f"{recipe}.yaml").read_text())["model"]
+    base = {"tiny": tiny_path, "smollm2": llama_style_smollm2}.get(recipe)
+    if recipe == "merlinite":  # a base without a template of its own, as Merlinite's hub tokenizer
+        base = tmp_path / "no-template"
+        base.mkdir()
+        for f in llama_style_smollm2.iterdir():
+            if f.name != "chat_template.jinja":
+                (base / f.name).symlink_to(f)
+    run = tmp_path / f"{recipe}-base"
+    run.mkdir()
+    config = {"model": {"id": recipe, "name_or_path": str(base), "chat_template": spec.get("chat_template")}}
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "loss": {"name": "base"}}))
+    tokenizer = run_tokenizer(run)
+    job = vllm_job(run, RECORDS, [0, 1, 2], settings_for("greedy", "vllm", 8, instruction_set="t"))
+    assert job["prompt_token_ids"] == prompt_ids(tokenizer, [r["instruction"] for r in RECORDS])
+    bos = tokenizer.bos_token_id
+    for ids in job["prompt_token_ids"]:
+        assert ids[0] == bos and ids[1] != bos  # one BOS, never two in a row
+        if recipe != "smollm2":  # (ChatML's BOS, <|im_start|>, opens every turn)
+            assert ids.count(bos) == 1
 
 
 @pytest.fixture(scope="module")
