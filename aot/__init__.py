@@ -7,7 +7,8 @@ before it (``tests/unit/test_architecture.py``):
     files, distributed, names   where caches live, atomic writes; collectives; the registry of names
     sorting, quantiles          soft sorts; the merged quantile grid
     losses, metrics, methods    the objective and baselines; reward accuracy, FSD violation; methods
-    data, batches, logps        rows; tokens and batches; completion log-probs
+    data, batches, logps, packing  rows; tokens and batches (padded or packed); completion log-probs;
+                                padding-free attention
     config                      recipes composed and checked (no torch: ``--cfg job`` territory)
     arguments                   TrainingArguments and the loss's options, where a run starts
     fixtures, models            the tiny and SmolLM2 models; loading

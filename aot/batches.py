@@ -3,15 +3,20 @@
 - ``tokenize_split``: token ids of each row, rendered with the model's chat template; over-long
   prompts keep their last tokens and completions are cut to what is left (both counted).
 - ``PreferenceCollator``: paired rows become 2B sequences [chosen; rejected], unpaired rows B
-  sequences with their labels; with ``micro_batch_size`` (the two-pass step) a batch arrives as
-  micro-batches, each padded on its own; ``merge_micro_batches`` undoes that.
+  sequences with their labels, either padded to the longest or packed (padding-free: one row,
+  ``aot.packing``); with ``micro_batch_size`` (the two-pass step) a batch arrives as
+  micro-batches, each padded or packed on its own; ``merge_micro_batches`` undoes that.
 - ``BothLabelsSampler``: every batch of unpaired rows holds both labels.
 
-Shapes: ``input_ids``, ``attention_mask``, ``completion_mask`` are (S, L); ``is_chosen`` (S,).
+Shapes, padded: ``input_ids``, ``attention_mask``, ``completion_mask`` are (S, L). Packed:
+``input_ids``, ``position_ids`` (restarting at 0 for each sequence), ``completion_mask`` are
+(1, T) with T = sum of the S lengths, ``cu_seq_lens`` (S + 1,) int32 the sequence boundaries
+and ``longest`` the longest sequence. Either way ``is_chosen`` is (S,), in the same order.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -58,14 +63,16 @@ def tokenize_split(
 
 @dataclass
 class PreferenceCollator:
-    """Pads paired rows to 2B sequences [chosen; rejected], unpaired rows to B sequences.
+    """Paired rows to 2B sequences [chosen; rejected], unpaired rows to B sequences, padded to the
+    longest or (``packed``) concatenated into one row.
 
     With ``micro_batch_size`` set (the two-pass step), returns ``{"micro_batches": [...]}``, each
-    padded on its own. Rows carrying ``ref_logps`` (precomputed) add a ``ref_logps`` (S,) tensor.
+    collated on its own. Rows carrying ``ref_logps`` (precomputed) add a ``ref_logps`` (S,) tensor.
     """
 
     pad_token_id: int
     micro_batch_size: int | None = None
+    packed: bool = False
 
     def __call__(self, features: list[dict]) -> dict:
         if self.micro_batch_size:
@@ -82,25 +89,44 @@ class PreferenceCollator:
         else:
             seqs = [(f["prompt_ids"], f["completion_ids"]) for f in features]
             is_chosen = [bool(f["label"]) for f in features]
-        width = max(len(p) + len(c) for p, c in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        completion_mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, (p, c) in enumerate(seqs):
-            input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-            attention_mask[i, : len(p) + len(c)] = 1
-            completion_mask[i, len(p) : len(p) + len(c)] = 1
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "completion_mask": completion_mask,
-            "is_chosen": torch.tensor(is_chosen),
-            "paired": paired,
-        }
+        batch = pack(seqs) if self.packed else pad(seqs, self.pad_token_id)
+        batch.update(is_chosen=torch.tensor(is_chosen), paired=paired)
         if "ref_logps" in features[0]:  # per row: [chosen, rejected] or [completion]
             columns = (0, 1) if paired else (0,)
             batch["ref_logps"] = torch.tensor([f["ref_logps"][c] for c in columns for f in features])
         return batch
+
+
+def pad(seqs: list[tuple[list, list]], pad_token_id: int) -> dict:
+    """(prompt, completion) token lists as (S, L) tensors, right-padded to the longest."""
+    width = max(len(p) + len(c) for p, c in seqs)
+    input_ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    completion_mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, (p, c) in enumerate(seqs):
+        input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        attention_mask[i, : len(p) + len(c)] = 1
+        completion_mask[i, len(p) : len(p) + len(c)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def pack(seqs: list[tuple[list, list]]) -> dict:
+    """(prompt, completion) token lists as one (1, T) row with the sequence boundaries. A
+    sequence's first token is never scored (nothing before it in its own sequence), as in a
+    padded row."""
+    lengths = [len(p) + len(c) for p, c in seqs]
+    if min(lengths) == 0:
+        raise ValueError("an empty sequence (no prompt and no completion tokens) cannot be packed")
+    completion = [[0] * len(p) + [1] * len(c) for p, c in seqs]
+    for flags in completion:
+        flags[0] = 0
+    return {
+        "input_ids": torch.tensor([t for p, c in seqs for t in p + c]).unsqueeze(0),
+        "position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0),
+        "completion_mask": torch.tensor([f for flags in completion for f in flags]).unsqueeze(0),
+        "cu_seq_lens": torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32),
+        "longest": max(lengths),
+    }
 
 
 class BothLabelsSampler(Sampler):
@@ -169,19 +195,27 @@ class BothLabelsSampler(Sampler):
 
 
 def merge_micro_batches(micro: list[dict]) -> dict:
-    """One batch from micro-batches (padded to a common width), same row layout rules."""
-    width = max(mb["input_ids"].shape[1] for mb in micro)
+    """One batch from micro-batches (padded ones to a common width; packed ones into one row),
+    same sequence order."""
+    if "cu_seq_lens" in micro[0]:
+        offsets = itertools.accumulate((int(mb["cu_seq_lens"][-1]) for mb in micro[:-1]), initial=0)
+        bounds = [mb["cu_seq_lens"][:-1] + off for mb, off in zip(micro, offsets)]
+        out = {
+            key: torch.cat([mb[key] for mb in micro], dim=1)
+            for key in ("input_ids", "position_ids", "completion_mask")
+        }
+        total = torch.tensor([out["input_ids"].shape[1]], dtype=torch.int32)
+        out.update(cu_seq_lens=torch.cat([*bounds, total]), longest=max(mb["longest"] for mb in micro))
+    else:
+        width = max(mb["input_ids"].shape[1] for mb in micro)
 
-    def cat(key):  # right-pad with zeros: masked out by attention_mask and completion_mask
-        return torch.cat([torch.nn.functional.pad(mb[key], (0, width - mb[key].shape[1])) for mb in micro])
+        def cat(key):  # right-pad with zeros: masked out by attention_mask and completion_mask
+            return torch.cat(
+                [torch.nn.functional.pad(mb[key], (0, width - mb[key].shape[1])) for mb in micro]
+            )
 
-    out = {
-        "input_ids": cat("input_ids"),
-        "attention_mask": cat("attention_mask"),
-        "completion_mask": cat("completion_mask"),
-        "is_chosen": torch.cat([mb["is_chosen"] for mb in micro]),
-        "paired": micro[0]["paired"],
-    }
+        out = {key: cat(key) for key in ("input_ids", "attention_mask", "completion_mask")}
+    out.update(is_chosen=torch.cat([mb["is_chosen"] for mb in micro]), paired=micro[0]["paired"])
     if "ref_logps" in micro[0]:
         out["ref_logps"] = torch.cat([mb["ref_logps"] for mb in micro])
     return out

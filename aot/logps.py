@@ -41,12 +41,53 @@ def _picked_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
+def model_inputs(batch: dict) -> dict:
+    """The model's keyword arguments for a batch: a packed row's position ids and sequence
+    boundaries (read by ``aot.packing``'s attention), or a padded batch's attention mask. No
+    forward here reads a key/value cache, so none is built (and transformers lets a packed row
+    with a cache attend across sequences)."""
+    if "cu_seq_lens" not in batch:
+        return {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "use_cache": False,
+        }
+    cu, longest = batch["cu_seq_lens"], batch["longest"]
+    return {
+        "input_ids": batch["input_ids"],
+        "position_ids": batch["position_ids"],
+        "use_cache": False,
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
+
+
+def completion_positions(batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Where the completion tokens are: the mask over positions 1.. (the token at t is scored from
+    position t - 1), the sequence each one belongs to (N,), and the number of sequences S.
+    Padded: a row is a sequence; packed: ``cu_seq_lens`` holds the boundaries in the one row."""
+    mask = batch["completion_mask"][:, 1:].bool()  # (rows, L-1)
+    if "cu_seq_lens" not in batch:
+        return mask, mask.nonzero()[:, 0], mask.shape[0]
+    cu = batch["cu_seq_lens"].to(mask.device)
+    positions = mask[0].nonzero()[:, 0] + 1  # (N,) token positions in the packed row
+    return mask, torch.searchsorted(cu[1:].long(), positions, right=True), cu.numel() - 1
+
+
+def _per_sequence(token_logps: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
+    """Completion-token log-probs (N,) summed by sequence: (S,)."""
+    return token_logps.new_zeros(count).index_add(0, rows, token_logps)
+
+
 def full_logits_sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference computation: (S, L, V) logits, then log-softmax at the targets."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    token_logps = _picked_logps(logits, batch["input_ids"][:, 1:])  # (S, L-1)
-    mask = batch["completion_mask"][:, 1:].to(token_logps.dtype)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+    """The reference computation: full-vocabulary logits, then log-softmax at the targets."""
+    mask, rows, count = completion_positions(batch)
+    input_ids = batch["input_ids"]
+    logits = model(**model_inputs(batch)).logits[:, :-1]
+    token_logps = _picked_logps(logits[mask], input_ids[:, 1:][mask])  # (N,)
+    return _per_sequence(token_logps, rows, count), torch.bincount(rows, minlength=count).float()
 
 
 def _inner(model):
@@ -121,9 +162,10 @@ class _TokenLogps(torch.autograd.Function):
 def sequence_logps(model, batch: dict, chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the completion tokens (S,) and their counts (S,).
 
-    ``batch`` holds ``input_ids``, ``attention_mask`` and ``completion_mask``, each (S, L); the
-    token at position t is scored from the hidden state at t - 1. ``chunk`` tokens go through the
-    head at a time; ``chunk=0`` computes full-vocabulary logits (the reference path).
+    ``batch`` is padded (``input_ids``, ``attention_mask``, ``completion_mask``, each (S, L)) or
+    packed (one row, ``aot.batches.pack``); the token at position t is scored from the hidden state
+    at t - 1 of its own sequence. ``chunk`` tokens go through the head at a time; ``chunk=0``
+    computes full-vocabulary logits (the reference path).
     """
     head = output_head(model) if chunk else None
     if head is None:
@@ -133,8 +175,7 @@ def sequence_logps(model, batch: dict, chunk: int = DEFAULT_CHUNK) -> tuple[torc
             )
         return full_logits_sequence_logps(model, batch)
     input_ids = batch["input_ids"]
-    mask = batch["completion_mask"][:, 1:].bool()  # (S, L-1): position t-1 predicts token t
-    rows = mask.nonzero()[:, 0]  # (N,) sequence of each completion token
+    mask, rows, count = completion_positions(batch)
     targets = input_ids[:, 1:][mask]  # (N,)
 
     def head_forward(hidden: torch.Tensor) -> torch.Tensor:
@@ -144,11 +185,11 @@ def sequence_logps(model, batch: dict, chunk: int = DEFAULT_CHUNK) -> tuple[torc
                 f"expected {tuple(input_ids.shape)} + (hidden,); call with chunk=0 for full logits"
             )
         token_logps = _TokenLogps.apply(hidden[:, :-1][mask], head.weight, head.bias, targets, chunk)
-        return token_logps.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)  # (S,)
+        return _per_sequence(token_logps, rows, count)
 
     head.forward = head_forward
-    try:
-        logps = model(input_ids=input_ids, attention_mask=batch["attention_mask"]).logits
+    try:  # the model's output, not the head's value: wrappers' hooks may stand between the two
+        logps = model(**model_inputs(batch)).logits
     finally:
         del head.forward
-    return logps, mask.sum(-1).float()
+    return logps, torch.bincount(rows, minlength=count).float()

@@ -15,7 +15,7 @@ LAYERS = [
     ["aot.files", "aot.distributed", "aot.names"],
     ["aot.sorting", "aot.quantiles"],
     ["aot.losses", "aot.metrics", "aot.methods"],
-    ["aot.data", "aot.batches", "aot.logps"],
+    ["aot.data", "aot.batches", "aot.logps", "aot.packing"],
     ["aot.config"],
     ["aot.arguments"],
     ["aot.fixtures.tiny", "aot.fixtures.smollm2", "aot.fixtures", "aot.models"],
