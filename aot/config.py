@@ -27,7 +27,17 @@ class ConfigError(ValueError):
     """A config that cannot run, caught before anything is loaded."""
 
 
-RECIPES = Path(str(files("aot.recipes")))
+def _recipes() -> Path:
+    """The recipes: package data ``aot.recipes`` where the project is installed, else the
+    checkout's ``recipes/`` beside this package (a checkout imported from its path, uninstalled,
+    as benchmarks/gpu_check.sh runs on a lent GPU machine)."""
+    try:
+        return Path(str(files("aot.recipes")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "recipes"
+
+
+RECIPES = _recipes()
 DTYPES = ("float32", "bfloat16", "float16")
 #: set by ``accelerate launch`` to its config's ``mixed_precision`` ("no", "bf16", "fp16", ...)
 LAUNCH_PRECISION = "ACCELERATE_MIXED_PRECISION"
@@ -135,6 +145,11 @@ def _check_train(cfg: DictConfig) -> None:
         raise ConfigError(
             f"train.max_prompt_length={train.max_prompt_length} must be below train.max_length={train.max_length} "
             "(prompts keep their last max_prompt_length tokens; completions get the rest)"
+        )
+    if train.padding_free not in ("auto", True, False):
+        raise ConfigError(
+            f"train.padding_free={train.padding_free!r} is unknown; valid: auto (pack where the model can), "
+            "true (pack, or refuse a model that cannot), false (pad)"
         )
     if not (isinstance(train.logps_chunk, int) and train.logps_chunk >= 0):
         raise ConfigError(

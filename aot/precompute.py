@@ -1,8 +1,9 @@
 """Reference log-probs computed once per dataset and cached on disk (``train.precompute_ref``).
 
 The cache key covers everything the values depend on: the model's files (or its hub commit),
-dtype, attention implementation, the autocast of the training forward, and the exact token ids
-(so data, chat template and truncation). Only global rank 0 reads and writes the cache and gives
+dtype, attention implementation, the autocast of the training forward, the batch layout (packed
+or padded: equal up to float rounding, not bit for bit), and the exact token ids (so data, chat
+template and truncation). Only global rank 0 reads and writes the cache and gives
 the table to the other ranks, so nodes need not share a disk.
 """
 
@@ -36,14 +37,15 @@ def _model_identity(path: str, revision: str | None = None) -> dict:
     return {"model": path, "revision": revision, "commit": commit}
 
 
-def ref_cache_key(cfg, path: str, features: list[dict], autocast: str = "no") -> str:
+def ref_cache_key(cfg, path: str, features: list[dict], autocast: str = "no", packed: bool = False) -> str:
     """Keyed on the model (and its commit), dtype, attention implementation, the autocast the
-    training forward runs under, and the exact token ids (so data and tokenisation)."""
+    training forward runs under, the layout, and the exact token ids (so data and tokenisation)."""
     identity = {
         **_model_identity(path, cfg.model.get("revision")),
         "dtype": cfg.model.dtype,
         "attn_implementation": cfg.model.attn_implementation,
         "autocast": autocast,
+        "layout": "packed" if packed else "padded",
     }
     data = [json.dumps(identity, sort_keys=True).encode()]
     for f in features:
@@ -62,7 +64,7 @@ def attach_ref_logps(cfg, path, trainer, features: list[dict], collator) -> Path
     (a unique temporary name, then an atomic rename) and broadcasts a cached table, so several
     nodes never race on a shared filesystem nor need one. Returns the cache file."""
     accelerator = trainer.accelerator
-    key = ref_cache_key(cfg, path, features, autocast=accelerator.mixed_precision)
+    key = ref_cache_key(cfg, path, features, autocast=accelerator.mixed_precision, packed=collator.packed)
     cache = cache_dir() / "ref_logps" / f"{key}.pt"
     rows = decide_on_main(lambda: torch.load(cache) if cache.is_file() else None)
     if rows is not None:

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from aot.backends import (
     parameter_count,
     share_per_rank,
 )
-from aot.batches import PreferenceCollator, tokenize_split
+from aot.batches import tokenize_split
 from aot.build import Run, build_run
 from aot.checkpoint import agree_on_checkpoint, output_dir_is_shared, use_node_local_files
 from aot.config import ConfigError, ot_batch_line, run_identity
@@ -40,6 +41,7 @@ from aot.diagnostics import measure, plot_quantiles, summarise
 from aot.distributed import all_gather_objects, decide_on_main
 from aot.fixtures import FIXTURES
 from aot.names import check_rows
+from aot.packing import KERNEL_CALLS
 from aot.preemption import StopOnSignal
 from aot.rundir import check_run_dir
 
@@ -162,7 +164,7 @@ def _build_and_fit(cfg: DictConfig, args: TrainingArguments, out: Path, shared: 
     if args.process_index == 0:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     test_features, test_truncated = _tokenize_test(cfg, run, test_split)
-    collator = PreferenceCollator(run.tokenizer.pad_token_id)
+    collator = run.collator()
     trainer = run.trainer
 
     def measure_split(reference=True):
@@ -199,7 +201,9 @@ def _build_and_fit(cfg: DictConfig, args: TrainingArguments, out: Path, shared: 
     )
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
+    calls = Counter(KERNEL_CALLS)
     result = trainer.train(resume_from_checkpoint=resume)
+    what_ran["layout"] = {**run.layout, "packed_attention_calls": dict(KERNEL_CALLS - calls)}
     if stopper.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
         log.info(
             "stopped on request at step %d with a checkpoint in %s; run the same command to resume",
@@ -231,7 +235,8 @@ def _finish(
     }
     metrics = {
         "method": cfg.loss.name,
-        "distributed": {k: v for k, v in what_ran.items() if k not in ("line", "before")},
+        "distributed": {k: v for k, v in what_ran.items() if k not in ("line", "before", "layout")},
+        "layout": what_ran["layout"],
         "train": dict(result.metrics),
         "log_history": trainer.state.log_history,
         "eval_before": summarise(before, ref_logps, **summary_args),

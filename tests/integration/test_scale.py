@@ -118,8 +118,8 @@ def test_two_pass_replays_dropout(tmp_path, tiny_path, monkeypatch, replay):
     """With LoRA dropout on, the two-pass gradient equals one graph over every micro-batch run
     from the same RNG state (the same masks); without the replay it does not, so the check can fail."""
     import aot.trainer as trainer_module
-    from aot.build import build_run
     from aot.arguments import build_training_args
+    from aot.build import build_run
     from aot.data import load_split
 
     cfg = compose(
@@ -277,8 +277,8 @@ def test_one_process_on_a_multi_gpu_node_trains_on_one_device_not_dataparallel(t
     """transformers gives a process launched without a launcher n_gpu = device_count() and wraps
     the model in nn.DataParallel, whose replicas would each run the output head on a slice of the
     rows. Simulated here by the n_gpu that TrainingArguments computes on a node with 2 GPUs."""
-    from aot.build import build_run
     from aot.arguments import build_training_args
+    from aot.build import build_run
     from aot.data import load_split
 
     cfg = compose(f"output_dir={tmp_path}", "train.per_device_train_batch_size=8")

@@ -274,3 +274,35 @@ def test_merged_micro_batches_give_the_same_logps(tiny_path):
         together = sequence_logps(model, merged)[0]
     assert torch.allclose(separate, together, atol=1e-4)
     assert merged["is_chosen"].tolist() == [True, True, False, False] * 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "loss,extra",
+    [
+        ("aot_unpaired", ["data.view=unpaired"]),
+        ("aot_paired", ["loss.ot_batch_size=8", "train.per_device_train_batch_size=4"]),
+        ("dpo", ["train.precompute_ref=true"]),
+    ],
+    ids=["unpaired", "paired-two_pass", "dpo-precompute"],
+)
+def test_packed_run_trains_the_padded_runs_adapter(tmp_path, tiny_path, loss, extra):
+    """Three SGD steps packed (the default) and padded: the same adapter, the same logged losses,
+    and metrics.json says which layout ran and which attention kernel computed it. (Without
+    dropout: a dropout mask is drawn over the batch's shape, so the layouts draw different ones;
+    the two-pass replay of packed rows with dropout is checked in test_headline_regime.py.)"""
+    from conftest import SGD, assert_same_weights
+
+    common = [f"loss={loss}", *SGD, "train.max_steps=3", "train.logging_steps=1", *extra]
+    packed = run(tmp_path / "packed", *common)
+    padded = run(tmp_path / "padded", *common, "train.padding_free=false")
+    assert packed["layout"]["padding_free"] is True
+    assert packed["layout"]["packed_attention_calls"]["sdpa per sequence"] > 0  # the exact CPU kernel
+    assert padded["layout"] == {
+        "padding_free": False,
+        "why_padded": "train.padding_free=false",
+        "packed_attention_calls": {},
+    }
+    assert_same_weights(tmp_path / "packed", tmp_path / "padded", atol=1e-5)
+    lp, lq = ([h["loss"] for h in m["log_history"] if "loss" in h] for m in (packed, padded))
+    assert lp == pytest.approx(lq, abs=1e-5) and len(lp) == 3

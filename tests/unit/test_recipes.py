@@ -150,6 +150,7 @@ BAD_SETTINGS = [
     (["model.dtype=float8"], "model.dtype='float8' is unknown; valid: float32, bfloat16, float16"),
     (["train.logps_chunk=-1"], "train.logps_chunk must be a whole number of tokens >= 0"),
     (["train.bf16=sometimes"], "train.bf16='sometimes' is unknown; valid: auto, true, false"),
+    (["train.padding_free=maybe"], "train.padding_free='maybe' is unknown; valid: auto"),
     (["data.source=ftp"], "data.source='ftp' is unknown; valid: sample, local, hub_paired"),
     (["loss.name=orpo"], "unknown loss 'orpo'; valid: aot_unpaired, aot_paired, dpo, ipo, kto"),
     (["loss=aot_paired", "train.per_device_train_batch_size=1"], "use a per-device batch of at least 2"),
