@@ -63,8 +63,9 @@ def token_rows(length: int, vocab: int, pairs: int = PAIRS) -> list[dict]:
 def measure(case: str, length: int) -> dict:
     import torch
 
+    from aot.arguments import build_training_args
     from aot.build import make_trainer
-    from aot.config import build_training_args, compose
+    from aot.config import compose
     from aot.models import load_models, load_tokenizer, model_path
 
     out = tempfile.mkdtemp()

@@ -42,8 +42,9 @@ def measure(mode: str, n: int, samples: int, precompute: bool, micro: int, model
     import torch
     from transformers import TrainerCallback
 
+    from aot.arguments import build_training_args
     from aot.build import build_run
-    from aot.config import build_training_args, compose
+    from aot.config import compose
     from aot.data import load_split
 
     steps = 1 + max(2, samples // n)

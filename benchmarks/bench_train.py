@@ -44,9 +44,10 @@ TARGETS = {"steps_per_second_vs_trl >= 1.2": 1.2, "peak_memory_vs_trl <= 0.6": 0
 def measure(side: str, model: str) -> dict:
     import torch
 
+    from aot.arguments import build_training_args
     from aot.batches import tokenize_split
     from aot.build import make_trainer
-    from aot.config import build_training_args, compose
+    from aot.config import compose
     from aot.data import load_split
     from aot.models import load_models, load_tokenizer, model_path
 

@@ -119,6 +119,39 @@ def write(name: str, result: dict, out: str | None = None) -> Path:
     return path
 
 
+# --- UltraFeedback lengths ---------------------------------------------------------------------------
+
+#: The length model of UltraFeedback-binarized pairs (tokens, Llama/Mistral tokenizers): log-normal
+#: prompt, chosen and rejected lengths with these means and sigma 0.8, prompts cut to 512 and each
+#: sequence to 1,024 (the 7B recipes' max_prompt_length and max_length). At 16 pairs a micro-batch
+#: padded to its longest sequence is about 55% padding (docs/benchmarks.md).
+UF_MEANS = {"prompt": 150, "chosen": 370, "rejected": 300}
+UF_SIGMA, UF_MAX_PROMPT, UF_MAX_LENGTH = 0.8, 512, 1024
+
+
+def ultrafeedback_rows(pairs: int, vocab: int, seed: int = 0) -> list[dict]:
+    """``pairs`` token rows (prompt_ids/chosen_ids/rejected_ids) with UltraFeedback's lengths
+    (``UF_MEANS``) and random token ids in [100, vocab - 100)."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+
+    def length(mean: float, cap: int) -> int:  # a log-normal with this mean: mu = log(mean) - sigma^2/2
+        return max(1, min(cap, round(rng.lognormvariate(math.log(mean) - UF_SIGMA**2 / 2, UF_SIGMA))))
+
+    def ids(n: int) -> list[int]:
+        return [rng.randrange(100, vocab - 100) for _ in range(n)]
+
+    rows = []
+    for _ in range(pairs):
+        prompt = length(UF_MEANS["prompt"], UF_MAX_PROMPT)
+        room = UF_MAX_LENGTH - prompt
+        chosen, rejected = length(UF_MEANS["chosen"], room), length(UF_MEANS["rejected"], room)
+        rows.append({"prompt_ids": ids(prompt), "chosen_ids": ids(chosen), "rejected_ids": ids(rejected)})
+    return rows
+
+
 # --- TRL on our rows -------------------------------------------------------------------------------
 
 
