@@ -100,7 +100,7 @@ def sample_scored(
             positions = positions[:, -1:] + 1
             out = model(
                 input_ids=torch.where(done, pad, token).unsqueeze(-1), attention_mask=mask, position_ids=positions,
-                past_key_values=out.past_key_values, use_cache=True,
+                cache=out.cache, use_cache=True,
             )  # fmt: skip
     texts = [
         tokenizer.decode(tokens[i, : lengths[i]], skip_special_tokens=True).strip()
