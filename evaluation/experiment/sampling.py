@@ -74,7 +74,9 @@ def sample_scored(
     model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int, seed: int
 ) -> Samples:
     """One completion per prompt (temperature 1, no top-k/top-p) and its summed log-prob under
-    ``model``; sample i reads uniforms row i of the matrix drawn from ``seed`` (see the module)."""
+    ``model``; sample i reads uniforms row i of the matrix drawn from ``seed`` (see the module).
+    The model runs on its own device; the samples come back on the CPU."""
+    dev = model.device
     uniforms = torch.rand(len(prompts), max_new_tokens, generator=torch.Generator().manual_seed(seed))
     stop, pad = _stop_ids(model, tokenizer), tokenizer.pad_token_id
     prompt_ids = chat_prompt_ids(tokenizer, prompts)
@@ -83,12 +85,12 @@ def sample_scored(
     logps = torch.zeros(len(prompts), dtype=torch.float64)
     for start in range(0, len(prompts), batch):
         rows = slice(start, start + batch)
-        ids, mask = _left_padded(prompt_ids[rows], pad)
+        ids, mask = (x.to(dev) for x in _left_padded(prompt_ids[rows], pad))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         done = torch.zeros(ids.shape[0], dtype=torch.bool)
         for t in range(max_new_tokens):
-            token, logp = _draw(out.logits[:, -1], uniforms[rows, t])
+            token, logp = (x.cpu() for x in _draw(out.logits[:, -1], uniforms[rows, t].to(dev)))
             live = ~done
             tokens[rows][live, t] = token[live]  # a view: writes into tokens
             logps[rows] += torch.where(live, logp, 0.0)
@@ -99,7 +101,7 @@ def sample_scored(
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
             out = model(
-                input_ids=torch.where(done, pad, token).unsqueeze(-1), attention_mask=mask, position_ids=positions,
+                input_ids=torch.where(done, pad, token).unsqueeze(-1).to(dev), attention_mask=mask, position_ids=positions,
                 cache=out.cache, use_cache=True,
             )  # fmt: skip
     texts = [
@@ -111,7 +113,9 @@ def sample_scored(
 
 @torch.no_grad()
 def sequence_logps(model, samples: Samples, pad: int, batch: int) -> torch.Tensor:
-    """Summed log-probs (N,) of each sample's generated tokens after its prompt, under ``model``."""
+    """Summed log-probs (N,) of each sample's generated tokens after its prompt, under ``model``
+    (run on its own device; the result on the CPU)."""
+    dev = model.device
     out = torch.zeros(len(samples.texts), dtype=torch.float64)
     head, body = model.get_output_embeddings(), model.get_decoder()
     for start in range(0, len(samples.texts), batch):
@@ -120,11 +124,12 @@ def sequence_logps(model, samples: Samples, pad: int, batch: int) -> torch.Tenso
         gen, lengths = samples.tokens[rows], samples.lengths[rows]
         gen_mask = (torch.arange(gen.shape[1]) < lengths.unsqueeze(-1)).long()
         full, full_mask = torch.cat([ids, gen], 1), torch.cat([mask, gen_mask], 1)
+        full, full_mask, gen, gen_mask = (x.to(dev) for x in (full, full_mask, gen, gen_mask))
         positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = body(input_ids=full, attention_mask=full_mask, position_ids=positions, use_cache=False)
         # the generated token at prompt width + t is predicted at the position before it
         states = hidden.last_hidden_state[:, ids.shape[1] - 1 : -1]  # (B, T, H)
         logits = head(states)  # (B, T, V) float32; only each drawn token's log-prob is kept, in float64
         logp = logits.gather(-1, gen.unsqueeze(-1)).squeeze(-1).double() - logits.logsumexp(-1).double()
-        out[rows] = (logp * gen_mask).sum(-1)
+        out[rows] = (logp * gen_mask).sum(-1).cpu()
     return out
