@@ -1,6 +1,6 @@
 """Rewrite the benchmark tables of the docs from benchmarks/results/*.json (run after a benchmark).
 
-    python benchmarks/readme_tables.py [loss train scale memory sharded generation gpu]   # default: every table
+    python benchmarks/readme_tables.py [loss train scale memory sharded generation packing gpu]   # default: every table
 
 Each table sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md or in
 one of docs/*.md (``document``).
@@ -163,6 +163,41 @@ def generation_table(d: dict) -> str:
     return "\n".join(lines)
 
 
+def packing_table(d: dict) -> str:
+    """bench_packing.py's cases and ratios (its targets: the CPU's, from issue 21)."""
+    lines = [
+        machine_line(d["machine"])
+        + f" {d['shape']}, {d['pairs_per_step']} pairs per step at UltraFeedback lengths, LoRA, gradient "
+        f"checkpointing; median of {d['measured_steps']} steps after {d['warmup_steps']} warm-up.\n",
+        "| case | s / step | pairs / s | real tokens / s | tokens computed / pair | peak GB |"
+        + (" MFU |" if any("mfu" in c for c in d["cases"].values()) else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if any("mfu" in c for c in d["cases"].values()) else ""),
+    ]
+    for name, c in d["cases"].items():
+        if "error" in c:
+            lines.append(f"| {name} | failed: {c['error'][:80]} | | | | |")
+            continue
+        lines.append(
+            f"| {name} | {c['seconds']:.1f} | {c['pairs_per_second']:.3f} | {c['real_tokens_per_second']:.0f} "
+            f"| {c['tokens_computed_per_pair']:.0f} | {c['peak_bytes'] / 1e9:.2f} |"
+            + (f" {100 * c['mfu']:.0f}% |" if "mfu" in c else "")
+        )
+    r = d["ratios"].get("packed_vs_padded")
+    if r:
+        lines.append(
+            f"\nPacked against padded: tokens computed per pair {met_at_most(r['tokens_computed_per_pair'], 0.5)}, "
+            f"step time {met_at_most(r['step_time'], 0.6)}."
+        )
+    t = d["ratios"].get("packed_vs_trl")
+    if t:
+        lines.append(f"Packed against TRL 1.16: {t['pairs_per_second']:.2f}x its pairs per second.")
+    return "\n".join(lines)
+
+
+def met_at_most(value: float, target: float) -> str:
+    return f"{value:.2f}x (target <= {target}: {'met' if value <= target else 'NOT met'})"
+
+
 def document(name: str) -> Path:
     """The markdown file that holds table ``name``: README.md or one of docs/*.md."""
     for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
@@ -206,6 +241,7 @@ def main() -> None:
         ("memory", memory_table),
         ("sharded", sharded_table),
         ("generation", generation_table),
+        ("packing", packing_table),
         ("gpu", gpu_table),
     )
     wanted = set(sys.argv[1:]) or {name for name, _ in tables}  # e.g. `readme_tables.py memory`

@@ -12,7 +12,7 @@ sys.path.insert(0, str(BENCH))
 import readme_tables  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["loss", "train", "scale", "memory", "sharded", "generation"])
+@pytest.mark.parametrize("name", ["loss", "train", "scale", "memory", "sharded", "generation", "packing"])
 def test_results_render_and_record_the_machine(name):
     data = json.loads((BENCH / "results" / f"{name}.json").read_text())
     table = getattr(readme_tables, f"{name}_table")(data)
@@ -35,6 +35,7 @@ def test_every_target_is_marked_met_or_not():
         "loss",
         "sharded",
         "generation",
+        "packing",
     ):  # the docs show the committed results
         readme = readme_tables.document(name).read_text()
         start, end = readme.index(f"<!-- bench:{name} -->\n"), readme.index(f"<!-- /bench:{name} -->")
@@ -43,3 +44,15 @@ def test_every_target_is_marked_met_or_not():
             readme[start:end].split("\n", 1)[1].strip()
             == getattr(readme_tables, f"{name}_table")(data).strip()
         )
+
+
+def test_packing_ratios_follow_from_the_cases():
+    data = json.loads((BENCH / "results" / "packing.json").read_text())
+    padded, packed = data["cases"]["padded"], data["cases"]["packed"]
+    ratios = data["ratios"]["packed_vs_padded"]
+    assert ratios["step_time"] == pytest.approx(packed["seconds"] / padded["seconds"])
+    assert ratios["tokens_computed_per_pair"] == pytest.approx(
+        packed["tokens_computed_per_pair"] / padded["tokens_computed_per_pair"]
+    )
+    # packed computes exactly the real tokens; padded computes every row to its longest
+    assert packed["tokens_computed_per_pair"] == packed["real_tokens_per_pair"] == padded["real_tokens_per_pair"]
