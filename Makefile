@@ -20,7 +20,7 @@ NPROC ?=
 # configs/accelerate/$(ACCEL).yaml; the *_cpu configs shard for real on CPU processes (AOT_SHARD_ON_CPU=1).
 LAUNCH = $(if $(ACCEL),$(if $(filter %_cpu,$(ACCEL)),AOT_SHARD_ON_CPU=1 OMP_NUM_THREADS=1) $(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)),$(PY))
 
-.PHONY: install smollm2 vllm vllm-cpu train experiment frontier test test-fast lint bench-loss bench-train bench-scale bench-memory bench-sharded bench-generation bench-packing eval-open-llm eval-alpaca results
+.PHONY: install smollm2 vllm vllm-cpu train experiment frontier test test-fast lint bench-loss bench-train bench-scale bench-memory bench-sharded bench-generation bench-packing bench-startup eval-open-llm eval-alpaca results
 
 install: $(STAMP)
 
@@ -119,3 +119,7 @@ bench-generation: install smollm2
 # padded vs packed vs TRL at UltraFeedback lengths on SmolLM2 (the GPU shapes: benchmarks/gpu_check.sh)
 bench-packing: install smollm2
 	$(PY) benchmarks/bench_packing.py
+
+# how soon the CLI answers and where make train's time to its first step goes (docs/training.md)
+bench-startup: install
+	$(PY) benchmarks/bench_startup.py

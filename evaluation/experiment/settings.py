@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from aot.names import METHOD_NAMES, PAIRED_ONLY
+
 TRAIN_TEMPLATES = [
     "Write a short review of {t}.",
     "Describe {t} in two sentences.",
@@ -69,8 +71,10 @@ FRONTIER_HELDOUT_TEMPLATES = [
     "What is your take on {t}?",
     "Write a few words about {t}.",
 ]
+# The order the experiment trains them in (the paper's comparison first); the names are aot.names'.
 METHODS = ("aot_unpaired", "dpo", "aot_paired", "ipo", "kto")
-UNPAIRED_METHODS = ("aot_unpaired", "kto")
+#: methods trained on the unpaired view of the data (rows of one answer each)
+UNPAIRED_METHODS = tuple(m for m in METHOD_NAMES if m not in PAIRED_ONLY)
 
 
 @dataclass

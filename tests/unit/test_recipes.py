@@ -251,3 +251,11 @@ def test_a_recipe_template_is_a_fallback_and_merlinites_emits_bos(tmp_path, tiny
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
     )
     assert text == f"{tok.bos_token}<|user|>\nhi\n<|assistant|>\n"
+
+
+def test_the_experiment_trains_every_registered_method_on_its_view():
+    from evaluation.experiment.settings import METHODS as EXPERIMENT_METHODS
+    from evaluation.experiment.settings import UNPAIRED_METHODS
+
+    assert sorted(EXPERIMENT_METHODS) == sorted(METHODS)
+    assert set(UNPAIRED_METHODS) == {"aot_unpaired", "kto"}
