@@ -283,8 +283,9 @@ def test_merged_micro_batches_give_the_same_logps(tiny_path):
         ("aot_unpaired", ["data.view=unpaired"]),
         ("aot_paired", ["loss.ot_batch_size=8", "train.per_device_train_batch_size=4"]),
         ("dpo", ["train.precompute_ref=true"]),
+        ("ipo", ["model.lora=false"]),
     ],
-    ids=["unpaired", "paired-two_pass", "dpo-precompute"],
+    ids=["unpaired", "paired-two_pass", "dpo-precompute", "ipo-full_finetuning"],
 )
 def test_packed_run_trains_the_padded_runs_adapter(tmp_path, tiny_path, loss, extra):
     """Three SGD steps packed (the default) and padded: the same adapter, the same logged losses,
@@ -304,5 +305,10 @@ def test_packed_run_trains_the_padded_runs_adapter(tmp_path, tiny_path, loss, ex
         "packed_attention_calls": {},
     }
     assert_same_weights(tmp_path / "packed", tmp_path / "padded", atol=1e-5)
+    if "model.lora=false" in extra:  # full fine-tuning: the model itself moved
+        from conftest import weights
+
+        base, tuned = weights(tiny_path), weights(tmp_path / "packed")
+        assert max((tuned[k].float() - base[k].float()).abs().max().item() for k in base if k in tuned) > 1e-4
     lp, lq = ([h["loss"] for h in m["log_history"] if "loss" in h] for m in (packed, padded))
     assert lp == pytest.approx(lq, abs=1e-5) and len(lp) == 3
