@@ -165,17 +165,18 @@ def generation_table(d: dict) -> str:
 
 def packing_table(d: dict) -> str:
     """bench_packing.py's cases and ratios (its targets: the CPU's, from issue 21)."""
+    mfu = any("mfu" in c for c in d["cases"].values())  # measured on a GPU only
     lines = [
         machine_line(d["machine"])
         + f" {d['shape']}, {d['pairs_per_step']} pairs per step at UltraFeedback lengths, LoRA, gradient "
         f"checkpointing; median of {d['measured_steps']} steps after {d['warmup_steps']} warm-up.\n",
         "| case | s / step | pairs / s | real tokens / s | tokens computed / pair | peak GB |"
-        + (" MFU |" if any("mfu" in c for c in d["cases"].values()) else ""),
-        "|---|---:|---:|---:|---:|---:|" + ("---:|" if any("mfu" in c for c in d["cases"].values()) else ""),
+        + (" MFU |" if mfu else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if mfu else ""),
     ]
     for name, c in d["cases"].items():
         if "error" in c:
-            lines.append(f"| {name} | failed: {c['error'][:80]} | | | | |")
+            lines.append(f"| {name} | failed: {c['error'][:80]} | | | | |" + (" |" if mfu else ""))
             continue
         lines.append(
             f"| {name} | {c['seconds']:.1f} | {c['pairs_per_second']:.3f} | {c['real_tokens_per_second']:.0f} "
